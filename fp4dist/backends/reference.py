@@ -1,0 +1,89 @@
+"""The reference backend: vectorized PyTorch that implements the spec exactly, on any device.
+
+Layouts (m rows, n columns of the 2-D view X):
+  rowwise:    data uint8 [m, n/2], scale_inv float8_e4m3fn [m, n/16], blocks along rows of X
+  columnwise: data uint8 [n, m/2], scale_inv float8_e4m3fn [n, m/16], blocks along rows of
+              V = X^T, or of V = RHT(X^T) (each 16 consecutive elements of a row of X^T) with rht
+With 2D tiles the block max is taken over 16x16 tiles and each tile's scale is repeated for its 16 rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fp4dist import format as fmt
+from fp4dist import rng
+from fp4dist.rht import rht as apply_rht
+
+ROWWISE_STREAM, COLUMNWISE_STREAM = 0, 1
+
+
+def _columnwise_source(x2d: torch.Tensor, rht: bool) -> torch.Tensor:
+    """V = X^T [n, m] in x's dtype, transformed by the RHT along its rows when ``rht``."""
+    v = x2d.t()
+    return apply_rht(v) if rht else v
+
+
+def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
+    row_amax = x2d.abs().amax().float()
+    col_amax = _columnwise_source(x2d, True).abs().amax().float() if rht else row_amax
+    return torch.stack((row_amax, col_amax))
+
+
+def _block_amax(v: torch.Tensor, block_2d: bool) -> torch.Tensor:
+    """fp32 [R, C] -> per-block max|v| [R, C/16] (2D: per 16x16 tile, repeated for its 16 rows)."""
+    rows, cols = v.shape
+    if block_2d:
+        tiles = v.abs().reshape(rows // 16, 16, cols // 16, 16).amax(dim=(1, 3))
+        return tiles.repeat_interleave(16, dim=0)
+    return v.abs().reshape(rows, cols // 16, 16).amax(dim=-1)
+
+
+def _quantize_rows(v: torch.Tensor, amax: torch.Tensor, block_2d: bool, random_bits: torch.Tensor | None):
+    """Quantize fp32 v [R, C] along its rows (steps 2-6 of the spec) -> (packed [R, C/2], scales [R, C/16])."""
+    rows, cols = v.shape
+    s_enc = fmt.global_encode_scale(amax)
+    s_dec = 1.0 / s_enc
+    scale = fmt.block_scale(_block_amax(v, block_2d), s_enc)
+    enc = fmt.block_encode_scale(scale, s_dec)
+    scaled = (v.reshape(rows, cols // 16, 16) * enc.unsqueeze(-1)).clamp(-fmt.E2M1_MAX, fmt.E2M1_MAX)
+    scaled = scaled.reshape(rows, cols)
+    if random_bits is None:
+        codes = fmt.round_to_e2m1(scaled)
+    else:
+        codes = fmt.round_to_e2m1_stochastic(scaled, random_bits)
+    return fmt.pack_fp4(codes), scale
+
+
+def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
+         rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int, row_offset: int):
+    m, n = x2d.shape
+    dev = x2d.device
+    row_ids = torch.arange(m, device=dev, dtype=torch.int64) + row_offset
+    col_ids = torch.arange(n, device=dev, dtype=torch.int64)
+    row_out = col_out = (None, None)
+    if rowwise:
+        bits = None
+        if stochastic_rounding:
+            key = rng.stream_key(seed, rng_offset, ROWWISE_STREAM)
+            bits = rng.random_bits(key, row_ids[:, None], col_ids[None, :])
+        row_out = _quantize_rows(x2d.float(), amax[0], block_2d, bits)
+    if columnwise:
+        bits = None
+        if stochastic_rounding:
+            key = rng.stream_key(seed, rng_offset, ROWWISE_STREAM if block_2d else COLUMNWISE_STREAM)
+            bits = rng.random_bits(key, row_ids[None, :], col_ids[:, None])
+        col_out = _quantize_rows(_columnwise_source(x2d, rht).float(), amax[1], block_2d, bits)
+    return (*row_out, *col_out)
+
+
+def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    rows, half = data.shape
+    values = fmt.e2m1_to_float(fmt.unpack_fp4(data)).reshape(rows, half * 2 // 16, 16)
+    out = values * scale_inv.float().unsqueeze(-1) * decode_scale.float()
+    return out.reshape(rows, half * 2).to(out_dtype)
+
+
+def swap_first_dims(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(0, 1).contiguous()

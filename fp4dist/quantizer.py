@@ -1,0 +1,108 @@
+"""NVFP4Quantizer: validates input and runs amax pass -> (group MAX all-reduce) -> cast pass."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from fp4dist import backends
+from fp4dist.tensor import NVFP4Tensor
+
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+class NVFP4Quantizer:
+    """Quantizes high-precision tensors to :class:`NVFP4Tensor`.
+
+    Args:
+        rowwise: produce the rowwise layout (X quantized along rows, 1x16 blocks or 16x16 tiles).
+        columnwise: produce the columnwise layout (X^T quantized along its rows).
+        block_2d: 16x16 tiles (weights) instead of 1x16 blocks; needs both matrix dims % 16.
+        rht: Random Hadamard Transform of the columnwise layout (not with ``block_2d``).
+        stochastic_rounding: SR instead of round-to-nearest-even (gradients).
+        seed: SR seed; together with ``rng_offset`` and each element's position it fixes the draws.
+        amax_group: a process group whose MAX-reduced amax every member uses (sequence-parallel
+            shards that will be gathered); ``None`` uses the local amax.
+        backend: "reference", "cuda" or "auto" (CUDA kernels for CUDA tensors when they load).
+
+    Input: bf16/fp16/fp32, at least 2-D, viewed as X [m, n] with m the product of the leading dims.
+    Rowwise needs n % 16 == 0, columnwise needs m % 16 == 0, block_2d needs both.
+    """
+
+    def __init__(self, rowwise: bool = True, columnwise: bool = True, block_2d: bool = False,
+                 rht: bool = False, stochastic_rounding: bool = False, seed: int = 0,
+                 amax_group: dist.ProcessGroup | None = None, backend: str = "auto"):
+        if not (rowwise or columnwise):
+            raise ValueError("NVFP4Quantizer needs rowwise=True or columnwise=True (or both)")
+        if rht and block_2d:
+            raise ValueError("rht=True cannot be combined with block_2d=True: the spec applies the RHT "
+                             "to 1x16-block activations and gradients only, never to 16x16-tile weights")
+        if backend not in backends.BACKENDS:
+            raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")
+        self.rowwise, self.columnwise = rowwise, columnwise
+        self.block_2d, self.rht = block_2d, rht
+        self.stochastic_rounding, self.seed = stochastic_rounding, seed
+        self.amax_group, self.backend = amax_group, backend
+
+    def __repr__(self) -> str:
+        return (f"NVFP4Quantizer(rowwise={self.rowwise}, columnwise={self.columnwise}, block_2d={self.block_2d}, "
+                f"rht={self.rht}, stochastic_rounding={self.stochastic_rounding}, seed={self.seed}, "
+                f"backend={self.backend!r})")
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise TypeError/ValueError naming the problem if ``x`` cannot be quantized with these options."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"NVFP4Quantizer.quantize takes a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"NVFP4 quantization takes bfloat16, float16 or float32 input, got {x.dtype}")
+        if x.dim() < 2:
+            raise ValueError(f"NVFP4 quantization needs a tensor of at least 2 dims, got shape {tuple(x.shape)}")
+        if x.numel() == 0:
+            raise ValueError(f"cannot quantize an empty tensor (shape {tuple(x.shape)})")
+        m, n = x.numel() // x.shape[-1], x.shape[-1]
+        if (self.rowwise or self.block_2d) and n % 16:
+            why = "block_2d=True" if self.block_2d else "rowwise=True"
+            raise ValueError(f"the last dim must be a multiple of 16 for {why} (1x16 blocks along it), "
+                             f"got {n} in shape {tuple(x.shape)}")
+        if (self.columnwise or self.block_2d) and m % 16:
+            why = "block_2d=True" if self.block_2d else "columnwise=True"
+            raise ValueError(f"the product of the leading dims (m = {m}, shape {tuple(x.shape)}) must be a "
+                             f"multiple of 16 for {why}: blocks run along it in the transposed layout")
+
+    def compute_amax(self, x: torch.Tensor) -> torch.Tensor:
+        """Pass 1: fp32 [2] = (rowwise amax, columnwise amax), MAX-reduced over ``amax_group`` if set."""
+        self.check_input(x)
+        x2d = x.reshape(-1, x.shape[-1]).contiguous()
+        amax = backends.select(self.backend, x.device).compute_amax(x2d, rht=self.rht and self.columnwise)
+        if self.amax_group is not None:
+            dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=self.amax_group)
+        return amax
+
+    def quantize(self, x: torch.Tensor, *, amax: torch.Tensor | None = None, rng_offset: int = 0,
+                 row_offset: int = 0) -> NVFP4Tensor:
+        """Quantize ``x`` into the layouts this quantizer was built for.
+
+        Args:
+            amax: fp32 [2] from :meth:`compute_amax` (computed, and group-reduced, when None).
+            rng_offset: SR stream offset (e.g. the training step), so each call draws fresh numbers.
+            row_offset: index in the full tensor of this shard's first row of the 2-D view; SR draws
+                depend on the global position, so shards gathered later match the full tensor.
+        """
+        if amax is None:
+            amax = self.compute_amax(x)
+        else:
+            self.check_input(x)
+        x2d = x.reshape(-1, x.shape[-1]).contiguous()
+        backend = backends.select(self.backend, x.device)
+        rd, rs, cd, cs = backend.cast(
+            x2d, amax, rowwise=self.rowwise, columnwise=self.columnwise, block_2d=self.block_2d,
+            rht=self.rht and self.columnwise, stochastic_rounding=self.stochastic_rounding, seed=self.seed,
+            rng_offset=rng_offset, row_offset=row_offset)
+        return NVFP4Tensor(
+            rowwise_data=rd, rowwise_scale_inv=rs, columnwise_data=cd, columnwise_scale_inv=cs,
+            amax_rowwise=amax[0].clone() if self.rowwise else None,
+            amax_columnwise=amax[1].clone() if self.columnwise else None,
+            shape=x.shape, dtype=x.dtype, block_2d=self.block_2d, rht=self.rht and self.columnwise,
+            backend=self.backend)
+
+    __call__ = quantize
