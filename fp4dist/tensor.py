@@ -94,13 +94,16 @@ class NVFP4Tensor:
         decode = global_decode_scale(amax) if global_scale else torch.ones((), device=data.device)
         return self._backend().dequantize(data, scale, decode, dtype or self.dtype)
 
-    def dequantize(self, dtype: torch.dtype | None = None, *, columnwise: bool = False) -> torch.Tensor:
+    def dequantize(self, dtype: torch.dtype | None = None, *, columnwise: bool | None = None) -> torch.Tensor:
         """The logical tensor (``self.shape``, ``dtype`` default the original dtype) from one layout.
 
+        ``columnwise=None`` takes the rowwise layout when present, else the columnwise one.
         From the columnwise layout the stored [n, m] matrix is transposed back and, when it was
         RHT'd, transformed by T^T (in fp32) to undo the RHT.
         """
         dtype = dtype or self.dtype
+        if columnwise is None:
+            columnwise = not self.has_rowwise
         if not columnwise:
             return self.decode_layout(False, dtype).reshape(self.shape)
         cols = self.decode_layout(True, torch.float32)

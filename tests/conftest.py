@@ -1,0 +1,26 @@
+import os
+import random
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def gen(request):
+    """A torch.Generator with a fresh seed per test (set FP4DIST_TEST_SEED to replay one).
+
+    The seed is printed, so pytest shows it next to any failure.
+    """
+    seed = int(os.environ.get("FP4DIST_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    print(f"[{request.node.name}] FP4DIST_TEST_SEED={seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def random_tensor(shape, gen, dtype=torch.float32, device="cpu"):
+    """Normal values with per-row magnitudes spread over ~6 decades, some zero blocks, signs mixed."""
+    x = torch.randn(shape, generator=gen)
+    x = x * torch.exp(torch.randn(*shape[:-1], 1, generator=gen) * 3)
+    x2d = x.reshape(-1, shape[-1])
+    if x2d.shape[1] >= 32 and x2d.shape[0] >= 2:
+        x2d[0, 16:32] = 0.0
+    return x.to(dtype).to(device)
