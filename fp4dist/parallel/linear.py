@@ -1,0 +1,206 @@
+"""ColumnParallelLinear and RowParallelLinear (Megatron-core semantics) with NVFP4 or high precision.
+
+Activations are [s, b, h] (sequence first) or [tokens, h]; with sequence parallelism they are
+sharded along dim 0 outside the tensor-parallel region.
+
+ColumnParallelLinear(in, out): weight shard [out/tp, in], bias shard [out/tp].
+  input  [s, b, in] (SP: [s/tp, b, in], gathered inside; NVFP4 gathers the 4-bit form)
+  output [s, b, out/tp] (gather_output: [s, b, out])
+RowParallelLinear(in, out): weight shard [out, in/tp], bias [out] (added after the reduction).
+  input  [s, b, in/tp] (input_is_parallel) or [s, b, in] (split inside)
+  output [s, b, out] all-reduced, or with SP [s/tp, b, out] reduce-scattered
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from fp4dist.parallel import comm
+from fp4dist.parallel.nvfp4_function import NVFP4LinearConfig, NVFP4LinearFunction
+from fp4dist.recipe import HighPrecisionRecipe, NVFP4Recipe
+
+_layer_ids = itertools.count()
+
+
+def _group_size_rank(group) -> tuple[int, int]:
+    if not dist.is_available() or not dist.is_initialized():
+        if group is not None:
+            raise ValueError("a tp_group was given but torch.distributed is not initialized")
+        return 1, 0
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def full_weight_init(out_features: int, in_features: int, seed: int, std: float) -> torch.Tensor:
+    """The full [out, in] fp32 weight, N(0, std^2) from ``seed``: the same for every TP size."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out_features, in_features, generator=g) * std
+
+
+class _ParallelLinear(nn.Module):
+    def __init__(self, in_features, out_features, bias, sequence_parallel, recipe, tp_group, init_seed, init_std):
+        super().__init__()
+        if not isinstance(recipe, (NVFP4Recipe, HighPrecisionRecipe)):
+            raise TypeError(f"recipe must be NVFP4Recipe or HighPrecisionRecipe, got {type(recipe).__name__}")
+        self.in_features, self.out_features = in_features, out_features
+        self.sequence_parallel, self.recipe, self.tp_group = sequence_parallel, recipe, tp_group
+        self.tp_size, self.tp_rank = _group_size_rank(tp_group)
+        self.layer_id = next(_layer_ids)
+        self.rng_step = 0
+        self._init_args = (init_seed, init_std)
+
+    @property
+    def quantized(self) -> bool:
+        return isinstance(self.recipe, NVFP4Recipe)
+
+    def _check_divisible(self, what: str, value: int) -> None:
+        if value % self.tp_size:
+            raise ValueError(f"{type(self).__name__}: {what} = {value} is not divisible by the tensor-parallel "
+                             f"size {self.tp_size}")
+
+    def _check_nvfp4_weight(self, rows: int, cols: int) -> None:
+        if self.quantized and (rows % 16 or cols % 16):
+            raise ValueError(f"{type(self).__name__}: the NVFP4 recipe quantizes the weight shard [{rows}, {cols}] "
+                             f"in 16x16 tiles / 1x16 blocks; both dims must be multiples of 16")
+
+    def _check_input(self, x: torch.Tensor, expected_last: int) -> None:
+        if x.shape[-1] != expected_last:
+            raise ValueError(f"{type(self).__name__}: input last dim is {x.shape[-1]}, expected {expected_last}"
+                             f" (in_features={self.in_features}, tp size {self.tp_size})")
+
+    def _check_sequence(self, x: torch.Tensor, sharded_input: bool) -> None:
+        if not self.quantized:
+            return
+        rows = x.numel() // x.shape[-1]
+        if rows % 16:
+            where = "per-rank sequence shard" if sharded_input and self.sequence_parallel else "input"
+            raise ValueError(f"{type(self).__name__}: the {where} of shape {tuple(x.shape)} has {rows} rows "
+                             f"(prod of leading dims); NVFP4 quantizes it in 16-row blocks for wgrad, so the "
+                             f"sequence length must split into multiples of 16 rows per rank")
+
+    def _config(self, sp_group) -> NVFP4LinearConfig:
+        r = self.recipe
+        stream = (self.layer_id << 16) | self.tp_rank
+        amax_group = sp_group if sp_group is not None else None
+        return NVFP4LinearConfig(r.input_quantizer(amax_group), r.weight_quantizer(), r.grad_quantizer(stream),
+                                 rng_step=self.rng_step, sp_group=sp_group)
+
+    def _matmul(self, x: torch.Tensor, sp_group=None) -> torch.Tensor:
+        if not self.quantized:
+            return F.linear(x, self.weight.to(x.dtype))
+        cfg = self._config(sp_group)
+        if self.training and torch.is_grad_enabled():
+            self.rng_step += 1
+        return NVFP4LinearFunction.apply(x, self.weight, cfg)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, tp={self.tp_size}, "
+                f"sequence_parallel={self.sequence_parallel}, recipe={self.recipe}")
+
+
+class ColumnParallelLinear(_ParallelLinear):
+    """Y = X W^T + b with W split along its output rows: this rank holds W[out/tp * r : out/tp * (r+1)]."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, gather_output: bool = False,
+                 sequence_parallel: bool = False, recipe=HighPrecisionRecipe(), tp_group=None,
+                 init_seed: int = 0, init_std: float = 0.02):
+        super().__init__(in_features, out_features, bias, sequence_parallel, recipe, tp_group, init_seed, init_std)
+        self._check_divisible("out_features", out_features)
+        if sequence_parallel and gather_output:
+            raise ValueError("ColumnParallelLinear: gather_output=True cannot be combined with sequence_parallel")
+        self.gather_output = gather_output
+        shard = out_features // self.tp_size
+        self._check_nvfp4_weight(shard, in_features)
+        full = full_weight_init(out_features, in_features, init_seed, init_std)
+        self.weight = nn.Parameter(full[self.tp_rank * shard:(self.tp_rank + 1) * shard].clone())
+        self.bias = nn.Parameter(torch.zeros(shard)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x, self.in_features)
+        self._check_sequence(x, sharded_input=True)
+        sp = self.sequence_parallel and self.tp_size > 1
+        if self.quantized and sp:
+            y = self._matmul(x, sp_group=self.tp_group)  # NVFP4 gather inside
+        else:
+            x = comm.gather_seq_from_sp(x, self.tp_group) if sp else comm.copy_to_tp(x, self.tp_group)
+            y = self._matmul(x)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return comm.gather_last_dim_from_tp(y, self.tp_group) if self.gather_output else y
+
+
+class _ScatterLastDim(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return comm.local_slice_last_dim(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return comm.all_gather_last_dim(g, ctx.group), None
+
+
+class RowParallelLinear(_ParallelLinear):
+    """Y = X W^T + b with W split along its input columns: this rank holds W[:, in/tp * r : in/tp * (r+1)]."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, input_is_parallel: bool = True,
+                 sequence_parallel: bool = False, recipe=HighPrecisionRecipe(), tp_group=None,
+                 init_seed: int = 0, init_std: float = 0.02):
+        super().__init__(in_features, out_features, bias, sequence_parallel, recipe, tp_group, init_seed, init_std)
+        self._check_divisible("in_features", in_features)
+        if sequence_parallel and not input_is_parallel:
+            raise ValueError("RowParallelLinear: sequence_parallel=True needs input_is_parallel=True")
+        self.input_is_parallel = input_is_parallel
+        shard = in_features // self.tp_size
+        self._check_nvfp4_weight(out_features, shard)
+        full = full_weight_init(out_features, in_features, init_seed, init_std)
+        self.weight = nn.Parameter(full[:, self.tp_rank * shard:(self.tp_rank + 1) * shard].clone())
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        if self.bias is not None and sequence_parallel:
+            # replicated, but each rank's grad covers only its sequence shard: see allreduce_sequence_parallel_grads
+            self.bias.sequence_parallel = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.input_is_parallel:
+            self._check_input(x, self.in_features)
+            x = _ScatterLastDim.apply(x, self.tp_group) if self.tp_size > 1 else x
+        self._check_input(x, self.in_features // self.tp_size)
+        self._check_sequence(x, sharded_input=False)
+        y = self._matmul(x)
+        if self.sequence_parallel and self.tp_size > 1:
+            if y.shape[0] % self.tp_size:
+                raise ValueError(f"RowParallelLinear: sequence length {y.shape[0]} (dim 0) is not divisible by the "
+                                 f"tensor-parallel size {self.tp_size} for the sequence-parallel reduce-scatter")
+            y = comm.reduce_scatter_seq_to_sp(y, self.tp_group)
+        else:
+            y = comm.reduce_from_tp(y, self.tp_group)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y
+
+
+def set_rng_step(module: nn.Module, step: int) -> None:
+    """Make every NVFP4 layer in ``module`` draw its SR numbers for training step ``step``.
+
+    Layers also advance their own counter once per training forward; a training loop that resumes
+    from a checkpoint calls this each step so that the draws follow the step, not the process.
+    """
+    for m in module.modules():
+        if isinstance(m, _ParallelLinear):
+            m.rng_step = step
+
+
+def allreduce_sequence_parallel_grads(module: nn.Module, tp_group=None) -> None:
+    """Sum over the TP group the grads of replicated parameters that only saw their rank's sequence
+    shard (marked ``param.sequence_parallel = True``: RowParallelLinear's bias and the model's norms
+    under sequence parallelism), as Megatron-core does before the optimizer step."""
+    grads = [p.grad for p in module.parameters() if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    if grads and comm.group_size(tp_group) > 1:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=tp_group)
+        for g, new in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(new.view_as(g))
