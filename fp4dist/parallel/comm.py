@@ -9,6 +9,11 @@ parallelism shards the hidden dim (the last dim).
 | gather_last_dim_from_tp    | all-gather along the last dim | keep this rank's slice        |
 | gather_seq_from_sp         | all-gather along dim 0        | reduce-scatter along dim 0    |
 | reduce_scatter_seq_to_sp   | reduce-scatter along dim 0    | all-gather along dim 0        |
+| scatter_seq_to_sp          | keep this rank's dim-0 slice  | all-gather along dim 0        |
+| gather_seq_replicated      | all-gather along dim 0        | keep this rank's dim-0 slice  |
+
+The last two enter and leave the sequence-parallel region around replicated computations
+(embeddings, a replicated LM head) whose gradients are identical on every rank.
 """
 
 from __future__ import annotations
@@ -120,6 +125,45 @@ class _ReduceScatterSeq(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         return all_gather_dim0(g, ctx.group), None
+
+
+class _ScatterSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return local_slice_dim0(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return all_gather_dim0(g, ctx.group), None
+
+
+class _GatherSeqReplicated(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return all_gather_dim0(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return local_slice_dim0(g, ctx.group), None
+
+
+def local_slice_dim0(x: torch.Tensor, group) -> torch.Tensor:
+    world = group_size(group)
+    if world == 1:
+        return x
+    if x.shape[0] % world:
+        raise ValueError(f"sequence length {x.shape[0]} (dim 0) is not divisible by the group size {world}")
+    return x.chunk(world, dim=0)[dist.get_rank(group)].contiguous()
+
+
+def scatter_seq_to_sp(x, group):
+    return _ScatterSeq.apply(x, group)
+
+
+def gather_seq_replicated(x, group):
+    return _GatherSeqReplicated.apply(x, group)
 
 
 def copy_to_tp(x, group):

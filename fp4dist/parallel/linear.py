@@ -53,6 +53,12 @@ class _ParallelLinear(nn.Module):
         self.rng_step = 0
         self._init_args = (init_seed, init_std)
 
+    def _mark_sharded(self, *params) -> None:
+        """``param.tensor_parallel = True``: each rank holds a different shard (grad norms sum over ranks)."""
+        for p in params:
+            if p is not None:
+                p.tensor_parallel = self.tp_size > 1
+
     @property
     def quantized(self) -> bool:
         return isinstance(self.recipe, NVFP4Recipe)
@@ -118,6 +124,7 @@ class ColumnParallelLinear(_ParallelLinear):
         full = full_weight_init(out_features, in_features, init_seed, init_std)
         self.weight = nn.Parameter(full[self.tp_rank * shard:(self.tp_rank + 1) * shard].clone())
         self.bias = nn.Parameter(torch.zeros(shard)) if bias else None
+        self._mark_sharded(self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, self.in_features)
@@ -159,6 +166,7 @@ class RowParallelLinear(_ParallelLinear):
         self._check_nvfp4_weight(out_features, shard)
         full = full_weight_init(out_features, in_features, init_seed, init_std)
         self.weight = nn.Parameter(full[:, self.tp_rank * shard:(self.tp_rank + 1) * shard].clone())
+        self._mark_sharded(self.weight)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         if self.bias is not None and sequence_parallel:
             # replicated, but each rank's grad covers only its sequence shard: see allreduce_sequence_parallel_grads
@@ -193,14 +201,3 @@ def set_rng_step(module: nn.Module, step: int) -> None:
         if isinstance(m, _ParallelLinear):
             m.rng_step = step
 
-
-def allreduce_sequence_parallel_grads(module: nn.Module, tp_group=None) -> None:
-    """Sum over the TP group the grads of replicated parameters that only saw their rank's sequence
-    shard (marked ``param.sequence_parallel = True``: RowParallelLinear's bias and the model's norms
-    under sequence parallelism), as Megatron-core does before the optimizer step."""
-    grads = [p.grad for p in module.parameters() if getattr(p, "sequence_parallel", False) and p.grad is not None]
-    if grads and comm.group_size(tp_group) > 1:
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, group=tp_group)
-        for g, new in zip(grads, flat.split([g.numel() for g in grads])):
-            g.copy_(new.view_as(g))
