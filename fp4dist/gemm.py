@@ -6,8 +6,11 @@ representable in bf16. The product is accumulated in fp32 and the two fp32 globa
 are applied as alpha to the fp32 result, which is then rounded once to ``out_dtype``:
 
 * CPU: fp32 matmul of the decoded operands.
-* CUDA (sm_90, and the default on every GPU): bf16 GEMM of the exactly-decoded operands with an fp32
-  output (cuBLAS, fp32 accumulation), times alpha.
+* CUDA (sm_90, and the default on every GPU): bf16 GEMM of the exactly-decoded operands (cuBLAS,
+  fp32 accumulation). For a bf16/fp16 output alpha goes to cuBLAS, which scales the fp32
+  accumulator before the one rounding (this reads alpha on the host: one device sync per GEMM,
+  cheaper than the extra passes over an fp32 output); for an fp32 output the fp32 product is
+  multiplied by alpha on the device.
 * sm_100+: ``torch._scaled_mm`` on float4_e2m1fn_x2 data with swizzled E4M3 scales, only when
   ``FP4DIST_FP4_SCALED_MM=1``. THIS PATH HAS NEVER RUN (no Blackwell GPU was available); it is
   off by default for that reason.
@@ -76,9 +79,14 @@ def nvfp4_gemm(a: NVFP4Tensor, b: NVFP4Tensor, *, a_columnwise: bool = False, b_
     device = a.device
     if _use_fp4_scaled_mm(device):  # pragma: no cover - never ran
         return _fp4_scaled_mm(a, a_columnwise, b, b_columnwise, alpha, out_dtype)
-    op_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # e2m1 * e4m3 values lie in [2^-10, 2688] with <= 6 significant bits: exact in bf16 and in fp16
+    half = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    op_dtype = half if device.type == "cuda" else torch.float32
     a_op, b_op = _operand(a, a_columnwise, op_dtype), _operand(b, b_columnwise, op_dtype)
     if a_op.shape[1] != b_op.shape[1]:
         raise ValueError(f"nvfp4_gemm: contraction dims differ, A is {list(a_op.shape)} and B is {list(b_op.shape)}")
+    if device.type == "cuda" and out_dtype != torch.float32:
+        zero = torch.zeros((), dtype=out_dtype, device=device).expand(a_op.shape[0], b_op.shape[0])
+        return torch.addmm(zero, a_op, b_op.t(), beta=0, alpha=alpha.item())
     acc = _fp32_out_mm(a_op, b_op) if device.type == "cuda" else a_op @ b_op.t()
     return (acc * alpha).to(out_dtype)
