@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything fp4dist runs on a GPU machine, in one go: build the CUDA kernels, run the CUDA tests,
+# the kernel / MLP / gather benchmarks. Logs and tables go to $OUT (default ./device_out).
+# Wheels for packages the GPU image lacks (hydra-core, omegaconf, antlr4, pytest) are taken from .whl/
+# when present (see docs/benchmarks.md for how they were fetched).
+set -uo pipefail
+OUT="${OUT:-device_out}"; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 FP4DIST_BUILD_DIR="${FP4DIST_BUILD_DIR:-/tmp/fp4dist_build}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+python3 -c "import logging; logging.basicConfig(); from fp4dist.backends import cuda; print('kernels available:', cuda.available())" 2>&1 | tee "$OUT/build.log"
+python3 -m pytest -q -m cuda tests 2>&1 | tee "$OUT/cuda_tests.log"
+python3 benchmarks/bench_kernels.py --out "$OUT/bench_kernels.md" 2>&1 | tee "$OUT/bench_kernels.log"
+python3 benchmarks/bench_mlp.py --out "$OUT/bench_mlp.md" 2>&1 | tee "$OUT/bench_mlp.log"
+python3 benchmarks/bench_gather.py --nproc 2 --device cuda --sizes-mb 16 64 --out "$OUT/bench_gather_1gpu.md" 2>&1 | tee "$OUT/bench_gather.log"
