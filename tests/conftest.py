@@ -24,3 +24,17 @@ def random_tensor(shape, gen, dtype=torch.float32, device="cpu"):
     if x2d.shape[1] >= 32 and x2d.shape[0] >= 2:
         x2d[0, 16:32] = 0.0
     return x.to(dtype).to(device)
+
+
+def as_bits(t: torch.Tensor) -> torch.Tensor:
+    """float8 tensors viewed as their bytes (torch.equal on float8 compares values, not bits)."""
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+
+
+def assert_same_bits(a, b) -> None:
+    """Two NVFP4Tensors hold the same components, bit for bit, with the same shape and dtype."""
+    ca, cb = a.component_tensors(), b.component_tensors()
+    assert ca.keys() == cb.keys(), (ca.keys(), cb.keys())
+    for k in ca:
+        assert torch.equal(as_bits(ca[k]), as_bits(cb[k])), f"{k} differs"
+    assert a.shape == b.shape and a.dtype == b.dtype

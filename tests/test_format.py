@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import assert_same_bits
 from fp4dist import NVFP4Quantizer
 from fp4dist import format as fmt
 
@@ -133,9 +134,7 @@ def test_input_dtypes_give_the_same_bits(gen):
     x = (torch.randn(32, 48, generator=gen) * 8).to(torch.bfloat16).to(torch.float16).float()
     outs = [NVFP4Quantizer(backend="reference").quantize(x.to(dt)) for dt in (torch.float32, torch.bfloat16, torch.float16)]
     for t in outs[1:]:
-        for k, v in outs[0].component_tensors().items():
-            assert torch.equal(v.view(torch.uint8) if v.dtype == torch.float8_e4m3fn else v,
-                               t.component_tensors()[k].view(torch.uint8) if v.dtype == torch.float8_e4m3fn else t.component_tensors()[k])
+        assert_same_bits(t.with_components(t.shape), outs[0].with_components(t.shape, dtype=t.dtype))
     assert outs[1].dequantize().dtype == torch.bfloat16
 
 
@@ -144,9 +143,7 @@ def test_three_d_input_is_its_two_d_view(gen):
     q = NVFP4Quantizer(rht=True, backend="reference")
     a, b = q.quantize(x), q.quantize(x.reshape(32, 32))
     assert a.shape == (2, 16, 32) and a.rowwise_data.shape == (32, 16) and a.columnwise_data.shape == (32, 16)
-    for k, v in a.component_tensors().items():
-        assert torch.equal(v.view(torch.uint8) if v.dtype == torch.float8_e4m3fn else v,
-                           b.component_tensors()[k].view(torch.uint8) if v.dtype == torch.float8_e4m3fn else b.component_tensors()[k])
+    assert_same_bits(a, b.with_components(a.shape))
     assert a.dequantize().shape == (2, 16, 32)
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from conftest import assert_same_bits
 from multiproc import run_ranks
 from fp4dist import NVFP4Quantizer
 from fp4dist.distributed import all_gather_nvfp4
@@ -18,17 +19,6 @@ MODES = {
 }
 
 
-def same_bits(a, b):
-    ca, cb = a.component_tensors(), b.component_tensors()
-    assert ca.keys() == cb.keys()
-    for k in ca:
-        x, y = ca[k], cb[k]
-        if x.dtype == torch.float8_e4m3fn:
-            x, y = x.view(torch.uint8), y.view(torch.uint8)
-        assert torch.equal(x, y), f"{k} differs"
-    assert a.shape == b.shape and a.dtype == b.dtype
-
-
 def gather_matches_full(rank, world, seed, dtype, device, backend, strategy):
     torch.manual_seed(seed)  # same full tensor on every rank
     local_rows = 32
@@ -41,8 +31,8 @@ def gather_matches_full(rank, world, seed, dtype, device, backend, strategy):
         m_local = shard.numel() // shard.shape[-1]
         local = q_group.quantize(shard, rng_offset=3, row_offset=rank * m_local)
         expected = q_full.quantize(full, rng_offset=3)
-        same_bits(all_gather_nvfp4(local, strategy=strategy), expected)
-        same_bits(all_gather_nvfp4(local, async_op=True, strategy=strategy).wait(), expected)
+        assert_same_bits(all_gather_nvfp4(local, strategy=strategy), expected)
+        assert_same_bits(all_gather_nvfp4(local, async_op=True, strategy=strategy).wait(), expected)
     return True
 
 

@@ -7,6 +7,7 @@ parallelism shards the hidden dim (the last dim).
 | copy_to_tp                 | identity                      | all-reduce                    |
 | reduce_from_tp             | all-reduce                    | identity                      |
 | gather_last_dim_from_tp    | all-gather along the last dim | keep this rank's slice        |
+| scatter_last_dim_to_tp     | keep this rank's slice        | all-gather along the last dim |
 | gather_seq_from_sp         | all-gather along dim 0        | reduce-scatter along dim 0    |
 | reduce_scatter_seq_to_sp   | reduce-scatter along dim 0    | all-gather along dim 0        |
 | scatter_seq_to_sp          | keep this rank's dim-0 slice  | all-gather along dim 0        |
@@ -73,82 +74,6 @@ def local_slice_last_dim(x: torch.Tensor, group) -> torch.Tensor:
     return x.chunk(world, dim=-1)[rank].contiguous()
 
 
-class _CopyToTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
-
-    @staticmethod
-    def backward(ctx, g):
-        return all_reduce(g, ctx.group), None
-
-
-class _ReduceFromTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        return all_reduce(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g, None
-
-
-class _GatherLastDim(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return all_gather_last_dim(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return local_slice_last_dim(g, ctx.group), None
-
-
-class _GatherSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return all_gather_dim0(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return reduce_scatter_dim0(g, ctx.group), None
-
-
-class _ReduceScatterSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return reduce_scatter_dim0(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return all_gather_dim0(g, ctx.group), None
-
-
-class _ScatterSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return local_slice_dim0(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return all_gather_dim0(g, ctx.group), None
-
-
-class _GatherSeqReplicated(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return all_gather_dim0(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return local_slice_dim0(g, ctx.group), None
-
-
 def local_slice_dim0(x: torch.Tensor, group) -> torch.Tensor:
     world = group_size(group)
     if world == 1:
@@ -158,29 +83,50 @@ def local_slice_dim0(x: torch.Tensor, group) -> torch.Tensor:
     return x.chunk(world, dim=0)[dist.get_rank(group)].contiguous()
 
 
-def scatter_seq_to_sp(x, group):
-    return _ScatterSeq.apply(x, group)
+def _identity(x: torch.Tensor, group) -> torch.Tensor:
+    return x
 
 
-def gather_seq_replicated(x, group):
-    return _GatherSeqReplicated.apply(x, group)
+class _Mapping(torch.autograd.Function):
+    """y = forward_fn(x, group); dx = backward_fn(dy, group)."""
+
+    @staticmethod
+    def forward(ctx, x, group, forward_fn, backward_fn):
+        ctx.group, ctx.backward_fn = group, backward_fn
+        return forward_fn(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.backward_fn(g, ctx.group), None, None, None
 
 
 def copy_to_tp(x, group):
-    return _CopyToTP.apply(x, group)
+    return _Mapping.apply(x, group, _identity, all_reduce)
 
 
 def reduce_from_tp(x, group):
-    return _ReduceFromTP.apply(x, group)
+    return _Mapping.apply(x, group, all_reduce, _identity)
 
 
 def gather_last_dim_from_tp(x, group):
-    return _GatherLastDim.apply(x, group)
+    return _Mapping.apply(x, group, all_gather_last_dim, local_slice_last_dim)
+
+
+def scatter_last_dim_to_tp(x, group):
+    return _Mapping.apply(x, group, local_slice_last_dim, all_gather_last_dim)
 
 
 def gather_seq_from_sp(x, group):
-    return _GatherSeq.apply(x, group)
+    return _Mapping.apply(x, group, all_gather_dim0, reduce_scatter_dim0)
 
 
 def reduce_scatter_seq_to_sp(x, group):
-    return _ReduceScatterSeq.apply(x, group)
+    return _Mapping.apply(x, group, reduce_scatter_dim0, all_gather_dim0)
+
+
+def scatter_seq_to_sp(x, group):
+    return _Mapping.apply(x, group, local_slice_dim0, all_gather_dim0)
+
+
+def gather_seq_replicated(x, group):
+    return _Mapping.apply(x, group, all_gather_dim0, local_slice_dim0)

@@ -140,17 +140,6 @@ class ColumnParallelLinear(_ParallelLinear):
         return comm.gather_last_dim_from_tp(y, self.tp_group) if self.gather_output else y
 
 
-class _ScatterLastDim(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return comm.local_slice_last_dim(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return comm.all_gather_last_dim(g, ctx.group), None
-
-
 class RowParallelLinear(_ParallelLinear):
     """Y = X W^T + b with W split along its input columns: this rank holds W[:, in/tp * r : in/tp * (r+1)]."""
 
@@ -175,7 +164,7 @@ class RowParallelLinear(_ParallelLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             self._check_input(x, self.in_features)
-            x = _ScatterLastDim.apply(x, self.tp_group) if self.tp_size > 1 else x
+            x = comm.scatter_last_dim_to_tp(x, self.tp_group)
         self._check_input(x, self.in_features // self.tp_size)
         self._check_sequence(x, sharded_input=False)
         y = self._matmul(x)
