@@ -101,11 +101,13 @@ def block_scale(block_amax: torch.Tensor, s_enc: torch.Tensor) -> torch.Tensor:
     """Stored E4M3 block scale: e4m3(clamp(min(bmax * fp32(S_enc * fp32(1/6)), FLT_MAX), -448, 448)), RNE."""
     inv_six = torch.tensor(1.0, dtype=torch.float32, device=s_enc.device) / 6.0
     scaled = block_amax * (s_enc * inv_six)
-    scaled = torch.minimum(scaled, torch.tensor(FLT_MAX, device=scaled.device))
+    # where() rather than minimum(): it keeps a NaN's bits (a positive NaN -> E4M3 0x7F), whereas the
+    # vectorized minimum turns NaN into all-ones (0xFF) on some sizes
+    scaled = torch.where(scaled > FLT_MAX, FLT_MAX, scaled)
     return scaled.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
 
 
 def block_encode_scale(scale: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor:
     """e = min(1 / fp32(float(s) * S_dec), FLT_MAX), fp32, shaped like ``scale``."""
     e = 1.0 / (scale.float() * s_dec)
-    return torch.minimum(e, torch.tensor(FLT_MAX, device=e.device))
+    return torch.where(e > FLT_MAX, FLT_MAX, e)

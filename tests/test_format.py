@@ -147,12 +147,16 @@ def test_three_d_input_is_its_two_d_view(gen):
     assert a.dequantize().shape == (2, 16, 32)
 
 
-def test_nan_input_is_not_silently_zero():
-    x = torch.ones(16, 32)
+@pytest.mark.parametrize("shape", [(16, 32), (512, 1024)])
+def test_nan_input_is_not_silently_zero(shape):
+    x = torch.ones(shape)
     x[3, 4] = float("nan")
     t = NVFP4Quantizer(backend="reference").quantize(x)
     assert torch.isnan(t.amax_rowwise) and torch.isnan(t.amax_columnwise)
     assert torch.isnan(t.dequantize()).all() and torch.isnan(t.dequantize(columnwise=True)).all()
+    # documented choice: every block scale is the positive E4M3 NaN 0x7F, at every size
+    for scale in (t.rowwise_scale_inv, t.columnwise_scale_inv):
+        assert (scale.view(torch.uint8) == 0x7F).all()
 
 
 def test_infinity_saturates():

@@ -1,0 +1,132 @@
+// Python bindings of the fp4dist NVFP4 kernels (csrc/nvfp4_kernels.cu). Shapes, dtypes and
+// allocation are checked and done in fp4dist/backends/cuda.py; this layer checks what would make a
+// kernel read or write out of bounds, then launches on the current stream.
+
+#include <cstdint>
+
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+namespace fp4dist_cuda {
+cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,
+                        uint8_t* cd, uint8_t* cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
+                        uint32_t key_row, uint32_t key_col, uint32_t row_offset, int variant,
+                        cudaStream_t stream);
+cudaError_t launch_amax(int dtype, const void* x, int64_t m, int64_t n, bool rht, float* out, cudaStream_t stream);
+cudaError_t launch_dequantize(int out_dtype, const uint8_t* data, const uint8_t* scale, const float* dec, void* out,
+                              int64_t nblocks, cudaStream_t stream);
+cudaError_t launch_swap_first_dims(const void* in, void* out, int64_t a, int64_t b, int64_t row_bytes,
+                                   cudaStream_t stream);
+}  // namespace fp4dist_cuda
+
+namespace {
+
+int dtype_code(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kBFloat16: return 0;
+    case at::kHalf: return 1;
+    case at::kFloat: return 2;
+    default: TORCH_CHECK(false, "fp4dist kernels take bfloat16, float16 or float32, got ", t.scalar_type());
+  }
+  return -1;
+}
+
+void check_cuda(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "fp4dist CUDA ", what, " failed: ", cudaGetErrorString(err));
+}
+
+void check_byte_tensor(const at::Tensor& t, const at::Tensor& like, int64_t rows, int64_t cols, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), name, " must be on ", like.device());
+  TORCH_CHECK(t.element_size() == 1 && t.is_contiguous(), name, " must be a contiguous byte tensor");
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must have shape [", rows, ", ", cols,
+              "], got ", t.sizes());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, " must be 16-byte aligned");
+}
+
+uint8_t* byte_ptr(const at::Tensor& t) { return static_cast<uint8_t*>(t.data_ptr()); }
+
+void cast(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
+          const at::Tensor& cd, const at::Tensor& cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
+          int64_t key_row, int64_t key_col, int64_t row_offset, int64_t variant) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D CUDA tensor");
+  TORCH_CHECK(amax.is_cuda() && amax.device() == x.device() && amax.scalar_type() == at::kFloat &&
+                  amax.is_contiguous() && amax.numel() == 2,
+              "amax must be a contiguous fp32 CUDA tensor of 2 elements");
+  const int64_t m = x.size(0), n = x.size(1);
+  if (do_row) {
+    TORCH_CHECK(n % 16 == 0, "rowwise needs n % 16 == 0");
+    check_byte_tensor(rd, x, m, n / 2, "rowwise_data");
+    check_byte_tensor(rs, x, m, n / 16, "rowwise_scale_inv");
+  }
+  if (do_col) {
+    TORCH_CHECK(m % 16 == 0, "columnwise needs m % 16 == 0");
+    check_byte_tensor(cd, x, n, m / 2, "columnwise_data");
+    check_byte_tensor(cs, x, n, m / 16, "columnwise_scale_inv");
+  }
+  if (block_2d) TORCH_CHECK(m % 16 == 0 && n % 16 == 0, "block_2d needs m % 16 == 0 and n % 16 == 0");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(fp4dist_cuda::launch_cast(dtype_code(x), x.data_ptr(), m, n, amax.data_ptr<float>(),
+                                       do_row ? byte_ptr(rd) : nullptr, do_row ? byte_ptr(rs) : nullptr,
+                                       do_col ? byte_ptr(cd) : nullptr, do_col ? byte_ptr(cs) : nullptr, do_row,
+                                       do_col, block_2d, rht, sr, static_cast<uint32_t>(key_row),
+                                       static_cast<uint32_t>(key_col), static_cast<uint32_t>(row_offset),
+                                       static_cast<int>(variant), c10::cuda::getCurrentCUDAStream().stream()),
+             "cast");
+}
+
+void amax(const at::Tensor& x, const at::Tensor& out, bool rht) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D CUDA tensor");
+  TORCH_CHECK(out.is_cuda() && out.device() == x.device() && out.scalar_type() == at::kFloat &&
+                  out.is_contiguous() && out.numel() == 2,
+              "out must be a contiguous fp32 CUDA tensor of 2 elements");
+  if (rht) TORCH_CHECK(x.size(0) % 16 == 0, "the RHT amax needs m % 16 == 0");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(fp4dist_cuda::launch_amax(dtype_code(x), x.data_ptr(), x.size(0), x.size(1), rht, out.data_ptr<float>(),
+                                       c10::cuda::getCurrentCUDAStream().stream()),
+             "amax");
+}
+
+void dequantize(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& dec, const at::Tensor& out) {
+  TORCH_CHECK(data.is_cuda() && data.dim() == 2 && data.is_contiguous() && data.element_size() == 1,
+              "data must be a contiguous 2-D byte CUDA tensor");
+  const int64_t rows = data.size(0), half = data.size(1);
+  TORCH_CHECK(half % 8 == 0, "data.shape[1] must be a multiple of 8 (16 codes per block)");
+  TORCH_CHECK(scale.is_cuda() && scale.device() == data.device() && scale.is_contiguous() &&
+                  scale.element_size() == 1 && scale.numel() == rows * (half / 8),
+              "scale_inv must be a contiguous byte tensor of data.shape[0] * data.shape[1] / 8 elements");
+  TORCH_CHECK(dec.is_cuda() && dec.device() == data.device() && dec.scalar_type() == at::kFloat && dec.numel() == 1,
+              "decode_scale must be a one-element fp32 CUDA tensor");
+  TORCH_CHECK(out.is_cuda() && out.device() == data.device() && out.is_contiguous() && out.numel() == rows * half * 2,
+              "out must be a contiguous CUDA tensor of ", rows * half * 2, " elements");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(data.data_ptr()) % 8 == 0 &&
+                  reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0,
+              "data must be 8-byte and out 16-byte aligned");
+  const c10::cuda::CUDAGuard guard(data.device());
+  check_cuda(fp4dist_cuda::launch_dequantize(dtype_code(out), byte_ptr(data), static_cast<const uint8_t*>(scale.data_ptr()),
+                                             dec.data_ptr<float>(), out.data_ptr(), rows * (half / 8),
+                                             c10::cuda::getCurrentCUDAStream().stream()),
+             "dequantize");
+}
+
+void swap_first_dims(const at::Tensor& in, const at::Tensor& out, int64_t a, int64_t b, int64_t row_bytes) {
+  TORCH_CHECK(in.is_cuda() && out.is_cuda() && in.device() == out.device(), "in and out must be on one CUDA device");
+  TORCH_CHECK(in.is_contiguous() && out.is_contiguous(), "in and out must be contiguous");
+  TORCH_CHECK(a >= 0 && b >= 0 && row_bytes >= 0 && in.nbytes() == static_cast<size_t>(a * b * row_bytes) &&
+                  out.nbytes() == in.nbytes(),
+              "in and out must hold a * b * row_bytes bytes");
+  const c10::cuda::CUDAGuard guard(in.device());
+  check_cuda(fp4dist_cuda::launch_swap_first_dims(in.data_ptr(), out.data_ptr(), a, b, row_bytes,
+                                                  c10::cuda::getCurrentCUDAStream().stream()),
+             "swap_first_dims");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fp4dist NVFP4 CUDA kernels";
+  m.def("cast", &cast, "NVFP4 cast pass (rowwise and/or columnwise)");
+  m.def("amax", &amax, "amax pass: out[0] = max|X|, out[1] = max|columnwise source|");
+  m.def("dequantize", &dequantize, "NVFP4 dequantize of one layout");
+  m.def("swap_first_dims", &swap_first_dims, "[a, b, row_bytes] -> [b, a, row_bytes]");
+}

@@ -1,0 +1,1133 @@
+// NVFP4 CUDA kernels of fp4dist (Hopper, sm_90).
+//
+// Bit-exact with fp4dist/backends/reference.py (see shared/docs/nvfp4-numerics.md and docs/kernels.md):
+// same E2M1 codes, same E4M3 scale bytes, same amax. Build with -fmad=false and WITHOUT fast math / ftz:
+// every product and sum below is meant as one IEEE fp32 operation, and S_dec can be subnormal.
+//
+// This file has no torch dependency: it exposes plain C++ launchers (namespace fp4dist_cuda) that
+// csrc/bindings.cpp calls with raw pointers and the current stream. The numeric helpers are
+// __host__ __device__ so they can also be checked on a CPU (compile with -DFP4DIST_NO_KERNELS).
+//
+// Kernels (sm_90 only; nothing here is sm_100-specific):
+//   cast_kernel<T, RHT, SR, TM, RB>  one pass over X [m, n]: both layouts from one shared-memory tile
+//                                    of TM rows x RB bytes
+//   amax_kernel<T>            max|X| (grid-stride, 16-byte loads, one atomicMax per CTA)
+//   amax_rht_kernel<T, V>     max|X| and max|RHT(X^T)| (16-row strips, V columns per thread)
+//   dequant_kernel<O>         e2m1 * float(scale) * S_dec -> bf16/fp16/fp32
+//   swap_kernel<W>            [a, b, R bytes] -> [b, a, R bytes]
+
+#include <cstdint>
+#include <cstring>
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#define FP4_HD __host__ __device__ __forceinline__
+
+namespace fp4dist_cuda {
+
+// ------------------------------------------------------------------------------------------------
+// Numerics (host + device)
+// ------------------------------------------------------------------------------------------------
+
+constexpr float kFltMax = 3.40282346638528859811704183484516925440e+38f;
+constexpr float kInvSix = 1.0f / 6.0f;  // fp32(1/6), as torch.tensor(1.0) / 6.0
+
+FP4_HD uint32_t f2u(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+FP4_HD float u2f(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+// Per-16-bit-lane unsigned max.
+FP4_HD uint32_t vmaxu2(uint32_t a, uint32_t b) {
+#ifdef __CUDA_ARCH__
+  return __vmaxu2(a, b);
+#else
+  uint32_t lo = (a & 0xffffu) > (b & 0xffffu) ? (a & 0xffffu) : (b & 0xffffu);
+  uint32_t hi = (a >> 16) > (b >> 16) ? (a >> 16) : (b >> 16);
+  return lo | (hi << 16);
+#endif
+}
+
+FP4_HD uint32_t max_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
+
+// Host model of max.NaN on packed 16-bit magnitudes: a NaN half (bits above inf) becomes the
+// canonical NaN 0x7fff, which exceeds every other magnitude, so an unsigned max keeps it.
+FP4_HD uint32_t nan_canon16(uint32_t mag2, uint32_t inf_bits, uint32_t nan_bits) {
+  uint32_t lo = mag2 & 0xffffu, hi = mag2 >> 16;
+  if (lo > inf_bits) lo = nan_bits;
+  if (hi > inf_bits) hi = nan_bits;
+  return lo | (hi << 16);
+}
+
+// lowbias32 (fp4dist/rng.py).
+FP4_HD uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// S_enc = 2688 / amax; FLT_MAX where that overflows (NaN stays NaN); 1 where it is 0.
+FP4_HD float global_encode_scale(float amax) {
+  float s = 2688.0f / amax;
+  if (s > kFltMax) s = kFltMax;
+  if (s == 0.0f) s = 1.0f;
+  return s;
+}
+
+FP4_HD float e4m3_to_float(uint8_t b) {
+  __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3);
+  return __half2float(__half(h));
+}
+
+// e4m3(clamp(min(x, FLT_MAX), -448, 448)) with RNE, for x >= 0 or NaN: the saturating conversion
+// gives 448 for anything above 448 (inf included) and NaN (0x7F) for NaN, as the clamp + cast do.
+FP4_HD uint16_t e4m3x2_satfinite(float lo, float hi) {
+  return static_cast<uint16_t>(__nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3));
+}
+FP4_HD uint8_t e4m3_satfinite(float x) {
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3));
+}
+
+// e = min(1 / fp32(float(s) * S_dec), FLT_MAX) with NaN propagating (torch.minimum).
+FP4_HD float block_encode_scale(uint8_t s, float s_dec) {
+  float e = 1.0f / (e4m3_to_float(s) * s_dec);
+  return e > kFltMax ? kFltMax : e;
+}
+
+// Round-down fp32 add (device: add.rm; host: exact double sum, then step down if rounded up).
+FP4_HD float fadd_rd(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rd(a, b);
+#else
+  double s = static_cast<double>(a) + static_cast<double>(b);  // exact for the operands used here
+  float f = static_cast<float>(s);
+  if (static_cast<double>(f) > s) f = u2f(f2u(f) - 1);           // positive operands only
+  return f;
+#endif
+}
+
+// |v| clamped to [0, 6], NaN -> 0. On the device fmaxf returns the non-NaN operand (max.f32); host
+// compilers may vectorize fmaxf into maxps, which does not, so the host spells it out.
+FP4_HD float e2m1_mag(float v) {
+#ifdef __CUDA_ARCH__
+  return fminf(fmaxf(fabsf(v), 0.0f), 6.0f);
+#else
+  const float a = std::fabs(v);
+  return a != a ? 0.0f : (a > 6.0f ? 6.0f : a);
+#endif
+}
+
+// Magic constants 1.5 * 2^k whose ulp is the E2M1 spacing of m's range: 0.5 on [0, 2), 1 on [2, 4),
+// 2 on [4, 6]. m + magic rounds m to that grid; the bits of the sum minus (bits of magic - offset)
+// give the code directly (offset 0, 2, 4 = the code of 0, 2, 4 relative to the grid origin).
+struct E2M1Grid {
+  float magic;
+  uint32_t base;  // bits(magic) - code offset
+};
+FP4_HD E2M1Grid e2m1_grid(float m) {
+  E2M1Grid g;
+  if (m < 2.0f) {
+    g.magic = 6291456.0f;   // 1.5 * 2^22, 0x4AC00000
+    g.base = 0x4AC00000u;
+  } else if (m < 4.0f) {
+    g.magic = 12582912.0f;  // 1.5 * 2^23, 0x4B400000
+    g.base = 0x4B400000u - 2u;
+  } else {
+    g.magic = 25165824.0f;  // 1.5 * 2^24, 0x4BC00000
+    g.base = 0x4BC00000u - 4u;
+  }
+  return g;
+}
+
+// format.round_to_e2m1 of clamp(v, -6, 6): RNE to the E2M1 grid, sign bit iff v < 0, NaN -> 0.
+// Not used by the kernels (they use e2m1_rn_fma below); kept as the plain form for host-side checks.
+FP4_HD uint32_t e2m1_rn(float v) {
+  float m = e2m1_mag(v);
+  E2M1Grid g = e2m1_grid(m);
+  uint32_t code = f2u(m + g.magic) - g.base;
+  return code | (v < 0.0f ? 8u : 0u);
+}
+
+// format.round_to_e2m1_stochastic of clamp(v, -6, 6) with one 32-bit random word.
+FP4_HD uint32_t e2m1_sr(float v, uint32_t word) {
+  float m = e2m1_mag(v);
+  E2M1Grid g = e2m1_grid(m);
+  float fl = fadd_rd(m, g.magic);      // magic + the grid point at or below m
+  uint32_t lower = f2u(fl) - g.base;   // its code
+  float low = fl - g.magic;            // its value (exact)
+  float inv_step = m < 2.0f ? 2.0f : (m < 4.0f ? 1.0f : 0.5f);
+  float frac = (m - low) * inv_step;   // exact; 0 at m == 6
+  float r = static_cast<float>(word >> 8) * 5.9604644775390625e-08f;  // k * 2^-24, exact
+  uint32_t code = lower + (r < frac ? 1u : 0u);
+  return code | (v < 0.0f ? 8u : 0u);
+}
+
+FP4_HD float sat01(float x) {  // clamp to [0, 1], NaN -> 0 (PTX .sat)
+#ifdef __CUDA_ARCH__
+  return __saturatef(x);
+#else
+  return x != x ? 0.0f : (x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x));
+#endif
+}
+
+FP4_HD float fma_rn(float a, float b, float c) {
+#ifdef __CUDA_ARCH__
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+// RN code of v (format.round_to_e2m1 of clamp(v, -6, 6)) computed on the FMA pipe only.
+// With a = |v| and the saturated pieces u0 = sat(a/2), u1 = sat(a/2 - 1), u2 = sat(a/2 - 2):
+//   code = rint(4 u0) + rint(2 u1 + u2)   (= rint(2a) on [0, 2), rint(a) + 2 on [2, 4),
+//                                             rint(a/2) + 4 on [4, 6], 7 above 6)
+// s12 = 2 u1 + u2 is exact (u2 > 0 forces u1 = 1), and 4 u0 and s12 are never both fractional
+// (s12 > 0 forces u0 = 1), so M + rint(4 u0) + s12 with M = 1.5 * 2^23 (ulp 1, even) rounds exactly
+// once, ties to even, exactly as the thresholds do. The sign adds 8 iff v < 0 (sat(v * -inf): 1 for
+// v < 0, 0 for v >= 0, -0 and NaN since 0 * inf is NaN); a NaN v gives all pieces 0, i.e. code 0.
+// The result is the float M + code, whose bits are 0x4B400000 + code. Checked against the threshold
+// form on every fp32 with |v| <= 8 and a sample of the rest (NaN, inf, huge).
+constexpr uint32_t kRnMagicBits = 0x4B400000u;
+#ifdef __CUDA_ARCH__
+// Saturating ops spelled in PTX so that .sat stays fused into the FMUL / FFMA (one FMA-pipe op each).
+__device__ __forceinline__ float mul_sat(float a, float b) {
+  float r;
+  asm("mul.rn.sat.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float fma_sat(float a, float b, float c) {
+  float r;
+  asm("fma.rn.sat.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c));
+  return r;
+}
+#else
+inline float mul_sat(float a, float b) { return sat01(a * b); }
+inline float fma_sat(float a, float b, float c) { return sat01(std::fma(a, b, c)); }
+#endif
+FP4_HD float e2m1_rn_fma(float v) {
+  const float sgn = mul_sat(v, -INFINITY);
+  const float a = fabsf(v);
+  // u_k = sat(a / 2 - k); a * 0.5 is exact unless a < 2^-125, where every piece is 0 anyway
+  const float u0 = mul_sat(a, 0.5f), u1 = fma_sat(a, 0.5f, -1.0f), u2 = fma_sat(a, 0.5f, -2.0f);
+  const float s12 = fma_rn(u1, 2.0f, u2);          // exact
+  const float r = fma_rn(u0, 4.0f, 12582912.0f);   // M + rint(4 u0); M or M + 4 when s12 > 0
+  return fma_rn(sgn, 8.0f, r + s12);
+}
+
+// Sum over the 8 nibbles of (kRnMagicBits << 4i) mod 2^32: packing 8 results by plain shifted adds
+// leaves this constant on top of the 8 codes.
+constexpr uint32_t rn_pack_bias() {
+  uint32_t b = 0;
+  for (int i = 0; i < 8; ++i) b += kRnMagicBits << (4 * i);
+  return b;
+}
+constexpr uint32_t kRnPackBias = rn_pack_bias();
+
+// Quantize 16 values with encode scale e; element i goes to nibble i of the 64-bit result
+// (element 2j in the low nibble of byte j). word(i) gives the SR word of element i.
+template <bool SR, typename XFn, typename WordFn>
+FP4_HD uint2 quantize16_fn(XFn xf, float e, WordFn word) {
+  uint32_t w[2] = {0u, 0u};
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    const float v = xf(i) * e;
+    const int sh = 4 * (i & 7);
+    if constexpr (SR) {
+      w[i >> 3] |= e2m1_sr(v, word(i)) << sh;
+    } else {
+      w[i >> 3] += f2u(e2m1_rn_fma(v)) << sh;  // the nibbles never carry; the bias is removed below
+    }
+  }
+  if constexpr (!SR) {
+    w[0] -= kRnPackBias;
+    w[1] -= kRnPackBias;
+  }
+  return make_uint2(w[0], w[1]);
+}
+
+template <bool SR, typename WordFn>
+FP4_HD uint2 quantize16(const float (&x)[16], float e, WordFn word) {
+  return quantize16_fn<SR>([&](int i) { return x[i]; }, e, word);
+}
+
+// 16-point RHT of a chunk, in place: signs, butterfly h = 1, 2, 4, 8 ((a, b) -> (a + b, a - b)),
+// then * 0.25 (fp32). The caller rounds the result to the input dtype.
+// d = [1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1]: bit i of the mask set where d[i] = -1.
+constexpr uint32_t kRhtNegMask = 0xD7E8u;
+
+FP4_HD void rht16(float (&a)[16]) {
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    if ((kRhtNegMask >> i) & 1u) a[i] = -a[i];
+  }
+#pragma unroll
+  for (int h = 1; h < 16; h *= 2) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      if ((i & h) == 0) {
+        float x = a[i], y = a[i + h];
+        a[i] = x + y;
+        a[i + h] = x - y;
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 16; ++i) a[i] = a[i] * 0.25f;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Per-dtype element access. A "pair" P is two consecutive elements (one 32-bit word for 16-bit
+// types, a float2 for fp32). Acc accumulates max of |x| as raw magnitude bits, which orders like the
+// values and keeps NaN (NaN bits exceed inf bits), unlike fmaxf.
+// ------------------------------------------------------------------------------------------------
+
+template <typename T>
+struct Tr;
+
+template <>
+struct Tr<__nv_bfloat16> {
+  using P = uint32_t;
+  using Acc = uint32_t;
+  FP4_HD static float first(P p) { return u2f(p << 16); }
+  FP4_HD static float second(P p) { return u2f(p & 0xffff0000u); }
+  FP4_HD static void unpack(P p, float& a, float& b) {
+    a = first(p);
+    b = second(p);
+  }
+  FP4_HD static Acc acc_zero() { return 0u; }
+  FP4_HD static void acc_add(Acc& c, P p) {
+#ifdef __CUDA_ARCH__
+    // per half: max(|c|, |p|), NaN if either is NaN; the sign bits are junk (masked below)
+    asm("max.NaN.xorsign.abs.bf16x2 %0, %1, %2;" : "=r"(c) : "r"(c), "r"(p));
+#else
+    c = vmaxu2(c & 0x7fff7fffu, nan_canon16(p & 0x7fff7fffu, 0x7f80u, 0x7fffu));
+#endif
+  }
+  FP4_HD static uint32_t first_bits(Acc c) { return (c & 0x7fffu) << 16; }  // fp32 bits of |max|
+  FP4_HD static uint32_t second_bits(Acc c) { return c & 0x7fff0000u; }
+  FP4_HD static P round_pair(float a, float b) {  // RNE to bf16, packed (a low)
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    uint32_t u;
+    std::memcpy(&u, &h, 4);
+    return u;
+  }
+  FP4_HD static float load1(const void* p) {
+    uint16_t b;
+    std::memcpy(&b, p, 2);
+    return u2f(static_cast<uint32_t>(b) << 16);
+  }
+  FP4_HD static void store1(void* p, float v) {  // v already representable
+    uint16_t b = static_cast<uint16_t>(f2u(v) >> 16);
+    std::memcpy(p, &b, 2);
+  }
+};
+
+template <>
+struct Tr<__half> {
+  using P = uint32_t;
+  using Acc = uint32_t;
+  FP4_HD static float h2f(uint32_t bits16) {
+    __half_raw r;
+    r.x = static_cast<unsigned short>(bits16);
+    return __half2float(__half(r));
+  }
+  FP4_HD static float first(P p) { return h2f(p & 0xffffu); }
+  FP4_HD static float second(P p) { return h2f(p >> 16); }
+  FP4_HD static void unpack(P p, float& a, float& b) {
+    a = first(p);
+    b = second(p);
+  }
+  FP4_HD static Acc acc_zero() { return 0u; }
+  FP4_HD static void acc_add(Acc& c, P p) {
+#ifdef __CUDA_ARCH__
+    asm("max.NaN.xorsign.abs.f16x2 %0, %1, %2;" : "=r"(c) : "r"(c), "r"(p));
+#else
+    c = vmaxu2(c & 0x7fff7fffu, nan_canon16(p & 0x7fff7fffu, 0x7c00u, 0x7fffu));
+#endif
+  }
+  FP4_HD static uint32_t first_bits(Acc c) { return f2u(h2f(c & 0x7fffu)); }
+  FP4_HD static uint32_t second_bits(Acc c) { return f2u(h2f((c >> 16) & 0x7fffu)); }
+  FP4_HD static P round_pair(float a, float b) {
+    __half2 h = __floats2half2_rn(a, b);
+    uint32_t u;
+    std::memcpy(&u, &h, 4);
+    return u;
+  }
+  FP4_HD static float load1(const void* p) {
+    uint16_t b;
+    std::memcpy(&b, p, 2);
+    return h2f(b);
+  }
+  FP4_HD static void store1(void* p, float v) {
+    __half h = __float2half_rn(v);
+    std::memcpy(p, &h, 2);
+  }
+};
+
+template <>
+struct Tr<float> {
+  using P = float2;
+  using Acc = uint2;
+  FP4_HD static float first(P p) { return p.x; }
+  FP4_HD static float second(P p) { return p.y; }
+  FP4_HD static void unpack(P p, float& a, float& b) {
+    a = p.x;
+    b = p.y;
+  }
+  FP4_HD static Acc acc_zero() { return make_uint2(0u, 0u); }
+  FP4_HD static void acc_add(Acc& c, P p) {
+    c.x = max_u32(c.x, f2u(p.x) & 0x7fffffffu);
+    c.y = max_u32(c.y, f2u(p.y) & 0x7fffffffu);
+  }
+  FP4_HD static uint32_t first_bits(Acc c) { return c.x; }
+  FP4_HD static uint32_t second_bits(Acc c) { return c.y; }
+  FP4_HD static P round_pair(float a, float b) { return make_float2(a, b); }
+  FP4_HD static float load1(const void* p) {
+    float f;
+    std::memcpy(&f, p, 4);
+    return f;
+  }
+  FP4_HD static void store1(void* p, float v) { std::memcpy(p, &v, 4); }
+};
+
+#ifndef FP4DIST_NO_KERNELS
+
+// ------------------------------------------------------------------------------------------------
+// Device helpers
+// ------------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int size = valid ? 16 : 0;  // 0: fill with zeros, read nothing
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(size) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Cast kernel
+//
+// A CTA of 256 threads loops over tiles of X (tile rows of 256 bytes):
+//   bf16/fp16: (64 K) rows x 128 cols, fp32: 128 rows x 64 cols (K = 1 or 2, a template parameter),
+// double-buffered in shared memory with cp.async (the next tile loads while this one is computed).
+// Per tile:
+//   column phase: task (column pair p, 16-row group rb) reads its 16 x 2 values (4- or 8-byte shared
+//     loads, conflict-free), optionally RHTs the two 16-chunks, quantizes two columnwise blocks and
+//     stages 2 x 8 code bytes + 2 scale bytes in shared memory. With 16x16 tiles it also reduces the
+//     tile max over 8 lanes (16 columns) and leaves it in shared memory for the row phase.
+//   row phase: a task quantizes one rowwise block (16 consecutive elements of one row) and writes its
+//     8 code bytes and its scale byte straight to global memory (8 lanes = one contiguous 64-byte row
+//     segment); the staged columnwise codes then go out as 16-byte stores (32 K bytes per column and
+//     tile) and the staged columnwise scales as one 4- or 8-byte store per column.
+// Two barriers per tile: S1 (tile landed, previous tile done: the prefetch of the next tile into the
+// other buffer is issued right after it) and S2 (column stage complete).
+// ------------------------------------------------------------------------------------------------
+
+constexpr int kThreads = 256;
+
+struct CastParams {
+  const void* x;
+  int64_t m, n;
+  const float* amax;  // [2]: rowwise, columnwise
+  uint8_t* rd;        // [m, n/2]
+  uint8_t* rs;        // [m, n/16]
+  uint8_t* cd;        // [n, m/2]
+  uint8_t* cs;        // [n, m/16]
+  int do_row, do_col, block_2d;
+  int vec_ok;         // x 16-byte aligned and n * sizeof(T) % 16 == 0
+  int col_scale_vec;  // columnwise scale segments likewise
+  int col_data_vec;   // columnwise 32-row chunks can be written as one 16-byte store
+  uint32_t key_row, key_col, row_offset;
+  uint32_t tiles_x, tiles_y, num_tiles;
+  uint32_t group_rows;  // tile order: groups of this many tile rows, column-major inside a group
+};
+
+// Tile index -> (tile row, tile column). Tiles are visited in groups of G tile rows; inside a group the
+// tile row varies fastest, so the CTAs in flight cover G tile rows x (grid / G) tile columns: longer
+// contiguous runs per column of the columnwise output, shorter ones per row of the input (G = 1:
+// plain row-major order).
+__device__ __forceinline__ void tile_coords(const CastParams& p, uint32_t tile, uint32_t& ty, uint32_t& tx) {
+  const uint32_t per_group = p.group_rows * p.tiles_x;
+  const uint32_t g = tile / per_group, r = tile - g * per_group;
+  const uint32_t first = g * p.group_rows;
+  const uint32_t rows = min(p.group_rows, p.tiles_y - first);
+  tx = r / rows;
+  ty = first + (r - tx * rows);
+}
+
+// A tile is TM rows x RB bytes of X: TN = RB / sizeof(T) columns.
+template <typename T, int TM, int RB>
+struct TileShape {
+  static constexpr int kRB = RB;                                            // bytes per tile row
+  static constexpr int kTN = RB / static_cast<int>(sizeof(T));              // columns
+  static constexpr int kTM = TM;                                            // rows
+  static constexpr int kBPR = kTN / 16;                                     // row blocks per tile row
+  static constexpr int kNPair = kTN / 2;                                    // column pairs
+  static constexpr int kNRB = kTM / 16;                                     // 16-row groups
+  static constexpr int kTileBytes = kTM * kRB;
+  static constexpr int kRowTasks = kTM * kBPR / kThreads;                   // row blocks per thread
+  static constexpr int kColTasks = kNPair * kNRB / kThreads;                // column tasks per thread
+  static constexpr int kCPC = kNRB / 2;                                     // 16-byte chunks per column
+  static constexpr int kColChunks = kTN * kCPC / kThreads;                  // per thread
+  static constexpr int kColStageBytes = kNRB * kNPair * 16;
+  // tiles x2, column code stage, column scale stage, 2 x 128 encode scales, 16x16-tile maxima
+  static constexpr int kSmemBytes = 2 * kTileBytes + kColStageBytes + kTN * kNRB + 2 * 128 * 4 + kNRB * kBPR * 4;
+  static_assert(kNPair * kNRB % kThreads == 0 && kTM * kBPR % kThreads == 0 && kTN * kCPC % kThreads == 0,
+                "tile tasks must divide evenly among the threads");
+  static_assert(kNPair % 32 == 0, "a warp's column tasks share one 16-row group");
+};
+
+// Loads tile `tile` into buf: 16-byte cp.async (zero-filled outside X) when vec_ok, else element loads.
+template <typename T, int TM, int RB>
+__device__ __forceinline__ void load_tile(const CastParams& p, uint8_t* buf, uint32_t tile) {
+  using S = TileShape<T, TM, RB>;
+  uint32_t ty, tx;
+  tile_coords(p, tile, ty, tx);
+  const int r0 = static_cast<int>(ty) * S::kTM, c0 = static_cast<int>(tx) * S::kTN;
+  const int rows = min(S::kTM, static_cast<int>(p.m) - r0), cols = min(S::kTN, static_cast<int>(p.n) - c0);
+  const T* xt = static_cast<const T*>(p.x) + static_cast<int64_t>(r0) * p.n + c0;
+  constexpr int kVec = 16 / sizeof(T);
+  if (p.vec_ok) {
+    constexpr int kChunks = S::kTileBytes / 16 / kThreads;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      const int q = threadIdx.x + i * kThreads;
+      const int row = q / (RB / 16), cc = q % (RB / 16);
+      const bool valid = row < rows && cc * kVec < cols;
+      const T* src = valid ? xt + static_cast<int64_t>(row) * p.n + cc * kVec : xt;
+      cp_async16(buf + row * RB + cc * 16, src, valid);
+    }
+  } else {
+    for (int q = threadIdx.x; q < S::kTM * S::kTN; q += kThreads) {
+      const int row = q / S::kTN, col = q % S::kTN;
+      float v = 0.0f;
+      if (row < rows && col < cols) v = Tr<T>::load1(xt + static_cast<int64_t>(row) * p.n + col);
+      Tr<T>::store1(buf + row * RB + col * sizeof(T), v);
+    }
+  }
+}
+
+// Register caps: RN kernels 64 registers (4 CTAs per SM for 64-row tiles; 128-row tiles are limited to 3
+// by shared memory), SR kernels (hashes) 128 (2 CTAs per SM).
+template <bool SR>
+constexpr int cast_min_ctas() { return SR ? 2 : 4; }
+
+template <typename T, bool RHT, bool SR, int TM, int RB>
+__global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(const CastParams p) {
+  using S = TileShape<T, TM, RB>;
+  using TT = Tr<T>;
+  using P = typename TT::P;
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint8_t* bufs = smem;
+  uint4* col_stage = reinterpret_cast<uint4*>(smem + 2 * S::kTileBytes);           // [NRB][NPair]
+  uint8_t* col_sstage = smem + 2 * S::kTileBytes + S::kColStageBytes;              // [TN][NRB]
+  float* etab = reinterpret_cast<float*>(col_sstage + S::kTN * S::kNRB);           // [2][128]
+  uint32_t* tamax = reinterpret_cast<uint32_t*>(etab + 256);                       // [NRB][BPR]
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+
+  // Global scales (device-side; no host sync). Row: amax[0], column: amax[1].
+  const float senc_r = global_encode_scale(p.amax[0]);
+  const float senc_c = global_encode_scale(p.amax[1]);
+  const float k_row = senc_r * kInvSix, k_col = senc_c * kInvSix;
+  // Encode scale e of every scale byte a block can get: bmax * k >= 0 or NaN, so s <= 0x7F.
+  etab[tid] = block_encode_scale(static_cast<uint8_t>(tid & 127), (tid < 128 ? 1.0f / senc_r : 1.0f / senc_c));
+  const float* etab_r = etab;
+  const float* etab_c = etab + 128;
+
+  uint32_t tile = blockIdx.x;
+  if (tile < p.num_tiles) load_tile<T, TM, RB>(p, bufs, tile);
+  cp_async_commit();
+
+  for (int it = 0; tile < p.num_tiles; ++it, tile += gridDim.x) {
+    cp_async_wait<0>();
+    __syncthreads();  // S1: this tile is in shared memory; every thread is done with the previous tile
+    {
+      const uint32_t next = tile + gridDim.x;  // prefetch into the other buffer (free since S1)
+      if (next < p.num_tiles) load_tile<T, TM, RB>(p, bufs + ((it + 1) & 1) * S::kTileBytes, next);
+      cp_async_commit();
+    }
+
+    const uint8_t* buf = bufs + (it & 1) * S::kTileBytes;
+    uint32_t ty, tx;
+    tile_coords(p, tile, ty, tx);
+    const int r0 = static_cast<int>(ty) * S::kTM, c0 = static_cast<int>(tx) * S::kTN;
+    const int rows = min(S::kTM, static_cast<int>(p.m) - r0);  // valid rows / cols of this tile
+    const int cols = min(S::kTN, static_cast<int>(p.n) - c0);
+
+    // ---------------- column phase ----------------
+    if (p.do_col || p.block_2d) {
+#pragma unroll 1
+      for (int j = 0; j < S::kColTasks; ++j) {
+        const int task = tid + j * kThreads;
+        const int pp = task % S::kNPair, rb = task / S::kNPair;
+        const int cl = 2 * pp, lr = rb * 16;
+        P raw[16];
+        typename TT::Acc acc = TT::acc_zero();
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+          raw[k] = *reinterpret_cast<const P*>(buf + (lr + k) * RB + cl * sizeof(T));
+          TT::acc_add(acc, raw[k]);
+        }
+        if (p.block_2d) {
+          // max over the 16x16 tile = 8 lanes (16 columns) x this thread's 16 rows
+          uint32_t t = max_u32(TT::first_bits(acc), TT::second_bits(acc));
+          t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 1));
+          t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 2));
+          t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
+          if ((lane & 7) == 0) tamax[rb * S::kBPR + pp / 8] = t;
+        }
+        if (p.do_col) {
+          uint32_t bits_a = TT::first_bits(acc), bits_b = TT::second_bits(acc);
+          if constexpr (RHT) {
+            // raw[k] becomes the RHT'd pair, rounded to T (one rounding from fp32)
+            float a[16], b[16];
+#pragma unroll
+            for (int k = 0; k < 16; ++k) TT::unpack(raw[k], a[k], b[k]);
+            rht16(a);
+            rht16(b);
+            typename TT::Acc racc = TT::acc_zero();
+#pragma unroll
+            for (int k = 0; k < 16; ++k) {
+              raw[k] = TT::round_pair(a[k], b[k]);
+              TT::acc_add(racc, raw[k]);
+            }
+            bits_a = TT::first_bits(racc);
+            bits_b = TT::second_bits(racc);
+          }
+          if (p.block_2d) {
+            uint32_t t = max_u32(bits_a, bits_b);
+            t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 1));
+            t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 2));
+            t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
+            bits_a = bits_b = t;
+          }
+          const uint16_t s2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);
+          const uint8_t sa = static_cast<uint8_t>(s2 & 0xffu), sb = static_cast<uint8_t>(s2 >> 8);
+          const float ea = etab_c[sa & 127], eb = etab_c[sb & 127];
+          uint32_t hrow[16] = {};
+          if constexpr (SR) {
+            const uint32_t grow = p.row_offset + static_cast<uint32_t>(r0 + lr);
+#pragma unroll
+            for (int k = 0; k < 16; ++k) hrow[k] = mix32(p.key_col ^ (grow + k));
+          }
+          const uint32_t ca = static_cast<uint32_t>(c0 + cl), cb = ca + 1;
+          const uint2 qa = quantize16_fn<SR>([&](int k) { return TT::first(raw[k]); }, ea,
+                                             [&](int k) { return mix32(hrow[k] ^ ca); });
+          const uint2 qb = quantize16_fn<SR>([&](int k) { return TT::second(raw[k]); }, eb,
+                                             [&](int k) { return mix32(hrow[k] ^ cb); });
+          col_stage[rb * S::kNPair + pp] = make_uint4(qa.x, qa.y, qb.x, qb.y);
+          col_sstage[cl * S::kNRB + rb] = sa;
+          col_sstage[(cl + 1) * S::kNRB + rb] = sb;
+        }
+      }
+    }
+    __syncthreads();  // S2: column stage and tile maxima complete
+
+    // ---------------- row phase: codes and scales straight to global memory ----------------
+    if (p.do_row) {
+      const int64_t rstride = p.n / 2, sstride = p.n / 16;
+      uint8_t* rd_t = p.rd + static_cast<int64_t>(r0) * rstride + c0 / 2;
+      uint8_t* rs_t = p.rs + static_cast<int64_t>(r0) * sstride + c0 / 16;
+#pragma unroll 1
+      for (int j = 0; j < S::kRowTasks; ++j) {
+        const int bidx = tid + j * kThreads;
+        const int row = bidx / S::kBPR, blk = bidx % S::kBPR;
+        if (row < rows && blk * 16 < cols) {
+          P v[8];
+          typename TT::Acc acc = TT::acc_zero();
+          const P* src = reinterpret_cast<const P*>(buf + row * RB + blk * 16 * sizeof(T));
+#pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            v[q] = src[q];
+            TT::acc_add(acc, v[q]);
+          }
+          const uint32_t bits = p.block_2d ? tamax[(row / 16) * S::kBPR + blk]
+                                           : max_u32(TT::first_bits(acc), TT::second_bits(acc));
+          const uint8_t s = e4m3_satfinite(u2f(bits) * k_row);
+          const float e = etab_r[s & 127];
+          uint32_t hr = 0;
+          if constexpr (SR) hr = mix32(p.key_row ^ (p.row_offset + static_cast<uint32_t>(r0 + row)));
+          const uint32_t cbase = static_cast<uint32_t>(c0 + blk * 16);
+          const uint2 q = quantize16_fn<SR>(
+              [&](int i) { return (i & 1) ? TT::second(v[i >> 1]) : TT::first(v[i >> 1]); }, e,
+              [&](int i) { return mix32(hr ^ (cbase + i)); });
+          *reinterpret_cast<uint2*>(rd_t + static_cast<int64_t>(row) * rstride + blk * 8) = q;
+          rs_t[static_cast<int64_t>(row) * sstride + blk] = s;
+        }
+      }
+    }
+
+    // ---------------- columnwise write-out from the stage ----------------
+    if (p.do_col) {
+      const int64_t cstride = p.m / 2;
+      uint8_t* cd_t = p.cd + static_cast<int64_t>(c0) * cstride + r0 / 2;
+      const uint2* st = reinterpret_cast<const uint2*>(col_stage);
+#pragma unroll
+      for (int j = 0; j < S::kColChunks; ++j) {
+        const int chunk = tid + j * kThreads;
+        const int col = chunk / S::kCPC, h = chunk % S::kCPC;
+        if (col < cols && 32 * h < rows) {
+          const uint2 part0 = st[((2 * h) * S::kNPair + col / 2) * 2 + (col & 1)];
+          uint8_t* dst = cd_t + static_cast<int64_t>(col) * cstride + 16 * h;
+          if (32 * h + 16 < rows) {
+            const uint2 part1 = st[((2 * h + 1) * S::kNPair + col / 2) * 2 + (col & 1)];
+            if (p.col_data_vec) {
+              *reinterpret_cast<uint4*>(dst) = make_uint4(part0.x, part0.y, part1.x, part1.y);
+            } else {
+              reinterpret_cast<uint2*>(dst)[0] = part0;
+              reinterpret_cast<uint2*>(dst)[1] = part1;
+            }
+          } else {
+            *reinterpret_cast<uint2*>(dst) = part0;
+          }
+        }
+      }
+      if (tid < cols) {
+        const uint8_t* ss = col_sstage + tid * S::kNRB;
+        uint8_t* dst = p.cs + static_cast<int64_t>(c0 + tid) * (p.m / 16) + r0 / 16;
+        if (p.col_scale_vec) {
+#pragma unroll
+          for (int q = 0; q < S::kNRB / 4; ++q)
+            reinterpret_cast<uint32_t*>(dst)[q] = reinterpret_cast<const uint32_t*>(ss)[q];
+        } else {
+          for (int rb = 0; rb < S::kNRB && 16 * rb < rows; ++rb) dst[rb] = ss[rb];
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+}
+
+// ------------------------------------------------------------------------------------------------
+// amax kernels
+// ------------------------------------------------------------------------------------------------
+
+// Block-wide max of fp32 magnitude bits, then one atomicMax per CTA into out[0] and out[1]
+// (amax >= 0, so unsigned order of the bits is the order of the values; NaN bits win).
+__device__ __forceinline__ void block_max_atomic(uint32_t v0, uint32_t v1, float* out) {
+  __shared__ uint32_t red[2][32];
+  v0 = __reduce_max_sync(0xffffffffu, v0);
+  v1 = __reduce_max_sync(0xffffffffu, v1);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) {
+    red[0][warp] = v0;
+    red[1][warp] = v1;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = blockDim.x >> 5;
+    v0 = lane < nw ? red[0][lane] : 0u;
+    v1 = lane < nw ? red[1][lane] : 0u;
+    v0 = __reduce_max_sync(0xffffffffu, v0);
+    v1 = __reduce_max_sync(0xffffffffu, v1);
+    if (lane == 0) {
+      atomicMax(reinterpret_cast<unsigned int*>(out), v0);
+      atomicMax(reinterpret_cast<unsigned int*>(out) + 1, v1);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) amax_kernel(const T* x, int64_t numel, int vec_ok, float* out) {
+  using TT = Tr<T>;
+  using P = typename TT::P;
+  typename TT::Acc acc = TT::acc_zero();
+  const int64_t gtid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  constexpr int kVec = 16 / sizeof(T);
+  int64_t done = 0;
+  if (vec_ok) {
+    const int64_t nvec = numel / kVec;
+    const uint4* xv = reinterpret_cast<const uint4*>(x);
+    int64_t i = gtid;
+    for (; i + 3 * stride < nvec; i += 4 * stride) {
+      uint4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = __ldg(xv + i + u * stride);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const P* pv = reinterpret_cast<const P*>(&v[u]);
+#pragma unroll
+        for (int q = 0; q < 16 / (2 * static_cast<int>(sizeof(T))); ++q) TT::acc_add(acc, pv[q]);
+      }
+    }
+    for (; i < nvec; i += stride) {
+      const uint4 v = __ldg(xv + i);
+      const P* pv = reinterpret_cast<const P*>(&v);
+#pragma unroll
+      for (int q = 0; q < 16 / (2 * static_cast<int>(sizeof(T))); ++q) TT::acc_add(acc, pv[q]);
+    }
+    done = nvec * kVec;
+  }
+  uint32_t bits = max_u32(TT::first_bits(acc), TT::second_bits(acc));
+  for (int64_t i = done + gtid; i < numel; i += stride) {
+    bits = max_u32(bits, f2u(TT::load1(x + i)) & 0x7fffffffu);
+  }
+  block_max_atomic(bits, bits, out);
+}
+
+// Rowwise amax and the amax of RHT(X^T) (rounded to T), from 16-row x V-column strips.
+template <typename T, int V>
+__global__ void __launch_bounds__(256) amax_rht_kernel(const T* x, int64_t m, int64_t n, float* out) {
+  using TT = Tr<T>;
+  using P = typename TT::P;
+  const int64_t groups = m / 16, ncv = n / V, items = groups * ncv;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  uint32_t row_bits = 0, col_bits = 0;
+  for (int64_t it = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; it < items; it += stride) {
+    const int64_t g = it / ncv, cv = it - g * ncv;
+    const T* base = x + (g * 16) * n + cv * V;
+    if constexpr (V * sizeof(T) == 16) {
+      uint4 raw[16];
+#pragma unroll
+      for (int k = 0; k < 16; ++k) raw[k] = __ldg(reinterpret_cast<const uint4*>(base + k * n));
+      typename TT::Acc racc = TT::acc_zero(), cacc = TT::acc_zero();
+      constexpr int kPairs = V / 2;
+#pragma unroll
+      for (int q = 0; q < kPairs; ++q) {
+        float a[16], b[16];
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+          const P v = reinterpret_cast<const P*>(&raw[k])[q];
+          TT::unpack(v, a[k], b[k]);
+          TT::acc_add(racc, v);
+        }
+        rht16(a);
+        rht16(b);
+#pragma unroll
+        for (int k = 0; k < 16; ++k) TT::acc_add(cacc, TT::round_pair(a[k], b[k]));
+      }
+      row_bits = max_u32(row_bits, max_u32(TT::first_bits(racc), TT::second_bits(racc)));
+      col_bits = max_u32(col_bits, max_u32(TT::first_bits(cacc), TT::second_bits(cacc)));
+    } else {
+      // scalar fallback: one column per item
+      float a[16];
+#pragma unroll
+      for (int k = 0; k < 16; ++k) {
+        a[k] = TT::load1(base + k * n);
+        row_bits = max_u32(row_bits, f2u(a[k]) & 0x7fffffffu);
+      }
+      rht16(a);
+#pragma unroll
+      for (int k = 0; k < 16; k += 2) {
+        typename TT::Acc c = TT::acc_zero();
+        TT::acc_add(c, TT::round_pair(a[k], a[k + 1]));
+        col_bits = max_u32(col_bits, max_u32(TT::first_bits(c), TT::second_bits(c)));
+      }
+    }
+  }
+  block_max_atomic(row_bits, col_bits, out);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Dequantize: out[i] = (e2m1(code_i) * float(scale)) * S_dec (the product e2m1 * scale is exact),
+// rounded once to O. A thread handles G = 16 / sizeof(O) consecutive codes (8 for bf16/fp16, 4 for
+// fp32) so that each thread writes one 16-byte vector and a warp writes 512 contiguous bytes.
+// ------------------------------------------------------------------------------------------------
+
+__constant__ float kE2M1[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+template <typename O>
+struct DequantIO;
+template <>
+struct DequantIO<__nv_bfloat16> {
+  static constexpr int kG = 8;
+  using In = uint32_t;
+  __device__ static uint32_t pack(float a, float b) { return Tr<__nv_bfloat16>::round_pair(a, b); }
+};
+template <>
+struct DequantIO<__half> {
+  static constexpr int kG = 8;
+  using In = uint32_t;
+  __device__ static uint32_t pack(float a, float b) { return Tr<__half>::round_pair(a, b); }
+};
+template <>
+struct DequantIO<float> {
+  static constexpr int kG = 4;
+  using In = uint16_t;
+};
+
+template <typename O>
+__device__ __forceinline__ uint4 dequant_group(uint32_t codes, uint8_t s, float dec, const float* lut) {
+  constexpr int kG = DequantIO<O>::kG;
+  const float f = e4m3_to_float(s);
+  float v[kG];
+#pragma unroll
+  for (int i = 0; i < kG; ++i) v[i] = (lut[(codes >> (4 * i)) & 0xfu] * f) * dec;
+  if constexpr (kG == 4) {
+    return make_uint4(f2u(v[0]), f2u(v[1]), f2u(v[2]), f2u(v[3]));
+  } else {
+    return make_uint4(DequantIO<O>::pack(v[0], v[1]), DequantIO<O>::pack(v[2], v[3]),
+                      DequantIO<O>::pack(v[4], v[5]), DequantIO<O>::pack(v[6], v[7]));
+  }
+}
+
+// ngroups = rows * half * 2 / G; group g reads codes [G g, G g + G) and the scale of block G g / 16.
+template <typename O>
+__global__ void __launch_bounds__(256) dequant_kernel(const uint8_t* data, const uint8_t* scale, const float* dec_ptr,
+                                                      O* out, int64_t ngroups) {
+  using IO = DequantIO<O>;
+  using In = typename IO::In;
+  constexpr int kPerBlock = 16 / IO::kG;  // groups per 16-code block
+  __shared__ float lut[16];
+  if (threadIdx.x < 16) lut[threadIdx.x] = kE2M1[threadIdx.x];
+  __syncthreads();
+  const float dec = *dec_ptr;
+  const In* din = reinterpret_cast<const In*>(data);
+  uint4* o = reinterpret_cast<uint4*>(out);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (; g + 3 * stride < ngroups; g += 4 * stride) {
+    In d[4];
+    uint8_t s[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      d[u] = __ldg(din + g + u * stride);
+      s[u] = __ldg(scale + (g + u * stride) / kPerBlock);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) o[g + u * stride] = dequant_group<O>(d[u], s[u], dec, lut);
+  }
+  for (; g < ngroups; g += stride) o[g] = dequant_group<O>(__ldg(din + g), __ldg(scale + g / kPerBlock), dec, lut);
+}
+
+// ------------------------------------------------------------------------------------------------
+// swap_first_dims: out row (j * a + i) = in row (i * b + j), rows of R bytes moved as W-byte words.
+// ------------------------------------------------------------------------------------------------
+
+template <typename W, typename I>
+__global__ void __launch_bounds__(256) swap_kernel(const W* in, W* out, I a, I b, I wpr, I total) {
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  I o = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
+  auto src_index = [&](I oi) {
+    const I orow = oi / wpr, w = oi - orow * wpr;
+    const I j = orow / a, i = orow - j * a;
+    return (i * b + j) * wpr + w;
+  };
+  for (; o + 3 * stride < total; o += 4 * stride) {
+    W v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = in[src_index(o + u * stride)];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) out[o + u * stride] = v[u];
+  }
+  for (; o < total; o += stride) out[o] = in[src_index(o)];
+}
+
+// ------------------------------------------------------------------------------------------------
+// Launchers (called from bindings.cpp)
+// ------------------------------------------------------------------------------------------------
+
+namespace {
+
+constexpr int kMaxDevices = 64;
+
+int sm_count() {
+  int dev = 0, n = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+  return n > 0 ? n : 1;
+}
+
+template <typename T, bool RHT, bool SR, int TM, int RB>
+cudaError_t launch_cast_t(const CastParams& p0, cudaStream_t stream) {
+  using S = TileShape<T, TM, RB>;
+  CastParams p = p0;
+  const int64_t tiles_x = (p.n + S::kTN - 1) / S::kTN, tiles_y = (p.m + S::kTM - 1) / S::kTM;
+  const int64_t num_tiles = tiles_x * tiles_y;
+  if (num_tiles == 0) return cudaSuccess;
+  if (num_tiles > 0x7fffffff || p.m > 0x7fffffff - 256 || p.n > 0x7fffffff - 256) return cudaErrorInvalidValue;
+  p.tiles_x = static_cast<uint32_t>(tiles_x);
+  p.tiles_y = static_cast<uint32_t>(tiles_y);
+  p.num_tiles = static_cast<uint32_t>(num_tiles);
+  if (p.group_rows < 1) p.group_rows = 1;
+  p.col_scale_vec = p.do_col && (p.m % S::kTM == 0) && (reinterpret_cast<uintptr_t>(p.cs) % 4 == 0);
+  p.col_data_vec = p.do_col && (p.m % 32 == 0) && (reinterpret_cast<uintptr_t>(p.cd) % 16 == 0);
+  auto kern = cast_kernel<T, RHT, SR, TM, RB>;
+  static int ctas_per_sm[kMaxDevices] = {};  // per instantiation and device; 0: not set up yet
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  if (dev >= kMaxDevices) return cudaErrorInvalidDevice;
+  if (ctas_per_sm[dev] == 0) {  // the attribute is per device, so set it on each one once
+    err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+    if (err != cudaSuccess) return err;
+    int occ = 0;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, S::kSmemBytes);
+    if (err != cudaSuccess) return err;
+    ctas_per_sm[dev] = occ > 0 ? occ : 1;
+  }
+  int64_t grid = static_cast<int64_t>(sm_count()) * ctas_per_sm[dev];
+  if (grid > num_tiles) grid = num_tiles;
+  kern<<<static_cast<unsigned>(grid), kThreads, S::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, int TM, int RB>
+cudaError_t launch_cast_k(const CastParams& p, bool rht, bool sr, cudaStream_t stream) {
+  if (rht) {
+    return sr ? launch_cast_t<T, true, true, TM, RB>(p, stream) : launch_cast_t<T, true, false, TM, RB>(p, stream);
+  }
+  return sr ? launch_cast_t<T, false, true, TM, RB>(p, stream) : launch_cast_t<T, false, false, TM, RB>(p, stream);
+}
+
+// variant = shape + 10 * G. Tile shapes for 16-bit inputs (rows x columns): 1: 64 x 128, 2: 128 x 128,
+// 3: 256 x 64 (columnwise output in whole 128-byte lines per column and tile); fp32 inputs always use
+// 128 x 64. G: tile rows per group of the tile order (see tile_coords; 0 or 1: row-major).
+template <typename T>
+cudaError_t launch_cast_dtype(CastParams p, bool rht, bool sr, int variant, cudaStream_t stream) {
+  const uintptr_t xa = reinterpret_cast<uintptr_t>(p.x);
+  p.vec_ok = (xa % 16 == 0) && ((p.n * static_cast<int64_t>(sizeof(T))) % 16 == 0);
+  p.group_rows = static_cast<uint32_t>(variant / 10);  // variant = shape + 10 * group rows
+  variant %= 10;
+  if constexpr (sizeof(T) == 2) {
+    if (variant == 1) return launch_cast_k<T, 64, 256>(p, rht, sr, stream);
+    if (variant == 3) return launch_cast_k<T, 256, 128>(p, rht, sr, stream);
+    return launch_cast_k<T, 128, 256>(p, rht, sr, stream);
+  }
+  return launch_cast_k<T, 128, 256>(p, rht, sr, stream);
+}
+
+int grid_for(int64_t work_items, int threads, int ctas_per_sm) {
+  int64_t g = (work_items + threads - 1) / threads;
+  const int64_t cap = static_cast<int64_t>(sm_count()) * ctas_per_sm;
+  if (g > cap) g = cap;
+  if (g < 1) g = 1;
+  return static_cast<int>(g);
+}
+
+}  // namespace
+
+// dtype: 0 bf16, 1 fp16, 2 fp32
+cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,
+                        uint8_t* cd, uint8_t* cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
+                        uint32_t key_row, uint32_t key_col, uint32_t row_offset, int variant,
+                        cudaStream_t stream) {
+  CastParams p{};
+  p.x = x;
+  p.m = m;
+  p.n = n;
+  p.amax = amax;
+  p.rd = rd;
+  p.rs = rs;
+  p.cd = cd;
+  p.cs = cs;
+  p.do_row = do_row;
+  p.do_col = do_col;
+  p.block_2d = block_2d;
+  p.key_row = key_row;
+  p.key_col = key_col;
+  p.row_offset = row_offset;
+  switch (dtype) {
+    case 0: return launch_cast_dtype<__nv_bfloat16>(p, rht, sr, variant, stream);
+    case 1: return launch_cast_dtype<__half>(p, rht, sr, variant, stream);
+    case 2: return launch_cast_dtype<float>(p, rht, sr, variant, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+namespace {
+template <typename T>
+cudaError_t launch_amax_t(const void* xv, int64_t m, int64_t n, bool rht, float* out, cudaStream_t stream) {
+  const T* x = static_cast<const T*>(xv);
+  const int64_t numel = m * n;
+  if (numel == 0) return cudaSuccess;
+  constexpr int kVec = 16 / sizeof(T);
+  const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  if (!rht) {
+    const int grid = grid_for((numel + kVec - 1) / kVec, 256, 8);
+    amax_kernel<T><<<grid, 256, 0, stream>>>(x, numel, aligned ? 1 : 0, out);
+  } else if (aligned && n % kVec == 0) {
+    const int grid = grid_for((m / 16) * (n / kVec), 256, 4);
+    amax_rht_kernel<T, kVec><<<grid, 256, 0, stream>>>(x, m, n, out);
+  } else {
+    const int grid = grid_for((m / 16) * n, 256, 4);
+    amax_rht_kernel<T, 1><<<grid, 256, 0, stream>>>(x, m, n, out);
+  }
+  return cudaGetLastError();
+}
+}  // namespace
+
+// out: fp32 [2], zeroed by the caller. Without rht both entries get max|X|.
+cudaError_t launch_amax(int dtype, const void* x, int64_t m, int64_t n, bool rht, float* out, cudaStream_t stream) {
+  switch (dtype) {
+    case 0: return launch_amax_t<__nv_bfloat16>(x, m, n, rht, out, stream);
+    case 1: return launch_amax_t<__half>(x, m, n, rht, out, stream);
+    case 2: return launch_amax_t<float>(x, m, n, rht, out, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// data: [nblocks * 8] bytes (4-byte aligned), scale: [nblocks], out: [nblocks * 16] (16-byte aligned).
+cudaError_t launch_dequantize(int out_dtype, const uint8_t* data, const uint8_t* scale, const float* dec, void* out,
+                              int64_t nblocks, cudaStream_t stream) {
+  if (nblocks == 0) return cudaSuccess;
+  switch (out_dtype) {
+    case 0: dequant_kernel<__nv_bfloat16><<<grid_for(nblocks * 2, 256, 8), 256, 0, stream>>>(
+                data, scale, dec, static_cast<__nv_bfloat16*>(out), nblocks * 2); break;
+    case 1: dequant_kernel<__half><<<grid_for(nblocks * 2, 256, 8), 256, 0, stream>>>(
+                data, scale, dec, static_cast<__half*>(out), nblocks * 2); break;
+    case 2: dequant_kernel<float><<<grid_for(nblocks * 4, 256, 8), 256, 0, stream>>>(
+                data, scale, dec, static_cast<float*>(out), nblocks * 4); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+namespace {
+template <typename W>
+cudaError_t launch_swap_w(const void* in, void* out, int64_t a, int64_t b, int64_t row_bytes, cudaStream_t stream) {
+  const int64_t wpr = row_bytes / static_cast<int64_t>(sizeof(W));
+  const int64_t total = a * b * wpr;
+  const int grid = grid_for(total, 256, 8);
+  if (total < (int64_t(1) << 31)) {
+    swap_kernel<W, uint32_t><<<grid, 256, 0, stream>>>(static_cast<const W*>(in), static_cast<W*>(out),
+        static_cast<uint32_t>(a), static_cast<uint32_t>(b), static_cast<uint32_t>(wpr), static_cast<uint32_t>(total));
+  } else {
+    swap_kernel<W, uint64_t><<<grid, 256, 0, stream>>>(static_cast<const W*>(in), static_cast<W*>(out),
+        static_cast<uint64_t>(a), static_cast<uint64_t>(b), static_cast<uint64_t>(wpr), static_cast<uint64_t>(total));
+  }
+  return cudaGetLastError();
+}
+}  // namespace
+
+cudaError_t launch_swap_first_dims(const void* in, void* out, int64_t a, int64_t b, int64_t row_bytes,
+                                   cudaStream_t stream) {
+  if (a * b * row_bytes == 0) return cudaSuccess;
+  const uintptr_t al = reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out);
+  if (row_bytes % 16 == 0 && al % 16 == 0) return launch_swap_w<uint4>(in, out, a, b, row_bytes, stream);
+  if (row_bytes % 8 == 0 && al % 8 == 0) return launch_swap_w<uint2>(in, out, a, b, row_bytes, stream);
+  if (row_bytes % 4 == 0 && al % 4 == 0) return launch_swap_w<uint32_t>(in, out, a, b, row_bytes, stream);
+  return launch_swap_w<uint8_t>(in, out, a, b, row_bytes, stream);
+}
+
+#endif  // FP4DIST_NO_KERNELS
+
+}  // namespace fp4dist_cuda

@@ -1,0 +1,211 @@
+"""The CUDA backend: fp4dist's NVFP4 kernels (csrc/nvfp4_kernels.cu), JIT-built on first use.
+
+Same interface and the same bits as :mod:`fp4dist.backends.reference` (see ``backends/__init__.py``).
+Nothing here synchronizes with the host: amax, S_enc/S_dec and the decode scale stay on the device.
+
+``available()`` is False, silently, without a CUDA device or with ``FP4DIST_DISABLE_CUDA=1``.
+Otherwise the first call builds the extension with ``torch.utils.cpp_extension.load`` (ninja) into
+``$FP4DIST_BUILD_DIR`` (default ``~/.cache/fp4dist/build-<torch version>-<source hash>``) for sm_90;
+if that fails it logs one warning line on the ``fp4dist`` logger and returns False.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from fp4dist import rng
+
+log = logging.getLogger("fp4dist")
+
+_CSRC = Path(__file__).resolve().parents[2] / "csrc"
+_SOURCES = ("nvfp4_kernels.cu", "bindings.cpp")
+# -fmad=false: no FMA contraction (it would change bits); no fast math / ftz (S_dec may be subnormal).
+_CUDA_FLAGS = ["-O3", "-std=c++17", "-fmad=false", "-gencode=arch=compute_90,code=sm_90", "-lineinfo"]
+_CXX_FLAGS = ["-O3", "-std=c++17"]
+
+_lock = threading.Lock()
+_ext: ModuleType | None = None
+_build_failed = False
+
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# Cast kernel variant: tile shape for 16-bit inputs (1 = 64x128, 2 = 128x128, 3 = 256x64) + 10 * tile rows per
+# group of the tile order (0 = row-major); see docs/kernels.md.
+_CAST_VARIANT = int(os.environ.get("FP4DIST_CAST_VARIANT", "82"))
+_ROWWISE_STREAM, _COLUMNWISE_STREAM = 0, 1
+
+
+def _source_hash() -> str:
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update(name.encode())
+        h.update((_CSRC / name).read_bytes())
+    h.update(" ".join(_CUDA_FLAGS + _CXX_FLAGS).encode())
+    return h.hexdigest()[:16]
+
+
+def _build() -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    digest = _source_hash()
+    build_dir = os.environ.get("FP4DIST_BUILD_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "fp4dist", f"build-{torch.__version__}-{digest}")
+    os.makedirs(build_dir, exist_ok=True)
+    return load(name=f"fp4dist_cuda_{digest}", sources=[str(_CSRC / s) for s in _SOURCES],
+                extra_cflags=_CXX_FLAGS, extra_cuda_cflags=_CUDA_FLAGS, build_directory=build_dir,
+                verbose=False)
+
+
+def available() -> bool:
+    """True when the kernels can run here (builds them once per process on the first call)."""
+    global _ext, _build_failed
+    if os.environ.get("FP4DIST_DISABLE_CUDA") == "1" or not torch.cuda.is_available():
+        return False
+    if _ext is not None:
+        return True
+    if _build_failed:
+        return False
+    with _lock:
+        if _ext is None and not _build_failed:
+            try:
+                _ext = _build()
+            except Exception as e:  # noqa: BLE001 - any failure means "not available", said once
+                _build_failed = True
+                first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+                log.warning("fp4dist CUDA kernels unavailable (%s: %s); using the reference backend",
+                            type(e).__name__, first[:300])
+                log.debug("fp4dist CUDA build failure", exc_info=True)
+    return _ext is not None
+
+
+def _kernels() -> ModuleType:
+    if not available():
+        raise RuntimeError("the fp4dist CUDA kernels are unavailable (see the fp4dist log line for why)")
+    return _ext
+
+
+def _check_x(x2d: torch.Tensor) -> None:
+    if not isinstance(x2d, torch.Tensor) or x2d.device.type != "cuda":
+        raise ValueError("the CUDA backend needs a CUDA tensor")
+    if x2d.dim() != 2:
+        raise ValueError(f"x2d must be 2-D, got shape {tuple(x2d.shape)}")
+    if x2d.dtype not in _DTYPES:
+        raise TypeError(f"NVFP4 quantization takes bfloat16, float16 or float32 input, got {x2d.dtype}")
+
+
+def _aligned(x: torch.Tensor) -> torch.Tensor:
+    """x itself when contiguous and 16-byte aligned, else an aligned contiguous copy."""
+    x = x.contiguous()
+    return x if x.data_ptr() % 16 == 0 else x.clone()
+
+
+def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
+    """fp32 [2]: (max|X|, max|columnwise source|), the second after the RHT when ``rht``. NaN propagates."""
+    _check_x(x2d)
+    m, n = x2d.shape
+    if rht and m % 16:
+        raise ValueError(f"the RHT runs over 16-row chunks of X: m must be a multiple of 16, got {m}")
+    out = torch.zeros(2, dtype=torch.float32, device=x2d.device)
+    if x2d.numel():
+        _kernels().amax(_aligned(x2d), out, bool(rht))
+    return out
+
+
+def _out_or_new(t, shape, dtype, device, name):
+    if t is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device or not t.is_contiguous():
+        raise ValueError(f"out {name} must be a contiguous {dtype} tensor of shape {tuple(shape)} on {device}, "
+                         f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+    if t.data_ptr() % 16:
+        raise ValueError(f"out {name} must be 16-byte aligned")
+    return t
+
+
+def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
+         rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int, row_offset: int, out=None):
+    """Quantize X [m, n] into the requested layouts (see reference.cast); ``out`` may hold preallocated
+    (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv), None where not requested."""
+    _check_x(x2d)
+    m, n = x2d.shape
+    if (rowwise or block_2d) and n % 16:
+        raise ValueError(f"rowwise / block_2d quantization needs n % 16 == 0, got n = {n}")
+    if (columnwise or block_2d) and m % 16:
+        raise ValueError(f"columnwise / block_2d quantization needs m % 16 == 0, got m = {m}")
+    if not (rowwise or columnwise):
+        return None, None, None, None
+    if stochastic_rounding and (row_offset < 0 or row_offset + m > 2**32 or n > 2**32):
+        raise ValueError("stochastic rounding draws from 32-bit (row, col) positions: need "
+                         f"0 <= row_offset and row_offset + m <= 2^32, got row_offset={row_offset}, m={m}")
+    dev = x2d.device
+    amax = amax.to(device=dev, dtype=torch.float32).reshape(-1).contiguous()
+    if amax.numel() != 2:
+        raise ValueError(f"amax must have 2 elements (rowwise, columnwise), got {amax.numel()}")
+    o = tuple(out) if out is not None else (None,) * 4
+    if len(o) != 4:
+        raise ValueError("out must be a tuple of 4 (rowwise_data, rowwise_scale_inv, columnwise_data, "
+                         "columnwise_scale_inv)")
+    rd = rs = cd = cs = None
+    if rowwise:
+        rd = _out_or_new(o[0], (m, n // 2), torch.uint8, dev, "rowwise_data")
+        rs = _out_or_new(o[1], (m, n // 16), torch.float8_e4m3fn, dev, "rowwise_scale_inv")
+    if columnwise:
+        cd = _out_or_new(o[2], (n, m // 2), torch.uint8, dev, "columnwise_data")
+        cs = _out_or_new(o[3], (n, m // 16), torch.float8_e4m3fn, dev, "columnwise_scale_inv")
+    key_row = key_col = 0
+    if stochastic_rounding:
+        key_row = rng.stream_key(seed, rng_offset, _ROWWISE_STREAM)
+        key_col = rng.stream_key(seed, rng_offset, _ROWWISE_STREAM if block_2d else _COLUMNWISE_STREAM)
+    if x2d.numel():
+        empty = torch.empty(0, dtype=torch.uint8, device=dev)
+        _kernels().cast(_aligned(x2d), amax,
+                        rd if rd is not None else empty, rs.view(torch.uint8) if rs is not None else empty,
+                        cd if cd is not None else empty, cs.view(torch.uint8) if cs is not None else empty,
+                        bool(rowwise), bool(columnwise), bool(block_2d), bool(rht), bool(stochastic_rounding),
+                        int(key_row), int(key_col), int(row_offset) & 0xFFFFFFFF, _CAST_VARIANT)
+    return rd, rs, cd, cs
+
+
+def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """[rows, 2 * data.shape[1]] in out_dtype: e2m1(code) * float(scale) * decode_scale (one rounding to out_dtype
+    after the fp32 products, as reference.dequantize)."""
+    if out_dtype not in _DTYPES:
+        raise TypeError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
+    if data.dim() != 2 or data.dtype != torch.uint8:
+        raise ValueError(f"data must be a 2-D uint8 tensor, got {data.dtype} {tuple(data.shape)}")
+    rows, half = data.shape
+    if half % 8:
+        raise ValueError(f"data.shape[1] must be a multiple of 8 (16 codes per block), got {half}")
+    if scale_inv.numel() != rows * (half // 8) or scale_inv.element_size() != 1:
+        raise ValueError(f"scale_inv must hold {rows * (half // 8)} one-byte scales, got {scale_inv.dtype} "
+                         f"{tuple(scale_inv.shape)}")
+    dev = data.device
+    out = torch.empty((rows, half * 2), dtype=out_dtype, device=dev)
+    if data.numel():
+        dec = decode_scale.to(device=dev, dtype=torch.float32).reshape(1).contiguous()
+        data_c = data.contiguous()
+        if data_c.data_ptr() % 8:
+            data_c = data_c.clone()
+        scale_c = scale_inv.contiguous().view(torch.uint8)
+        _kernels().dequantize(data_c, scale_c, dec, out)
+    return out
+
+
+def swap_first_dims(t: torch.Tensor) -> torch.Tensor:
+    """[a, b, ...] -> [b, a, ...], contiguous (trailing dims move together as one row of bytes)."""
+    if t.dim() < 2:
+        raise ValueError(f"swap_first_dims needs at least 2 dims, got shape {tuple(t.shape)}")
+    a, b = t.shape[0], t.shape[1]
+    out = torch.empty((b, a, *t.shape[2:]), dtype=t.dtype, device=t.device)
+    if t.numel():
+        src = t.contiguous()
+        row_bytes = src.numel() // (a * b) * src.element_size()
+        _kernels().swap_first_dims(src, out, a, b, row_bytes)
+    return out

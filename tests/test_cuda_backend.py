@@ -1,0 +1,431 @@
+"""The CUDA kernels (fp4dist/backends/cuda.py) against the reference backend, bit for bit.
+
+Every test runs the reference on CPU copies of the same input and compares raw bytes (codes, E4M3
+scale bytes, fp32 amax bits). Outputs of the kernels are poisoned with two different byte patterns
+before two runs, so an element the kernel fails to write cannot pass by luck.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fp4dist import NVFP4Quantizer
+from fp4dist import format as fmt
+from fp4dist.backends import reference as ref
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+POISONS = (0xAB, 0x5C)
+
+
+@pytest.fixture(scope="module")
+def kern():
+    from fp4dist.backends import cuda
+
+    if not cuda.available():
+        pytest.skip("fp4dist CUDA kernels unavailable (see the fp4dist log line)")
+    return cuda
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+
+def make_input(shape, dtype, gen, *, extremes=True):
+    """randn scaled by per-row magnitudes over ~8 decades and per-16-block factors, zero blocks (row and
+    column), a few huge and tiny elements; fresh for every call. Values stay finite in ``dtype``."""
+    x = torch.randn(shape, generator=gen)
+    x = x * torch.exp(torch.randn(*shape[:-1], 1, generator=gen) * 3)
+    x2 = x.reshape(-1, shape[-1])
+    m, n = x2.shape
+    if n % 16 == 0:
+        blockf = torch.exp(torch.randn(m, n // 16, 1, generator=gen) * 1.5)
+        x2.mul_(blockf.expand(m, n // 16, 16).reshape(m, n))
+    if n >= 32:
+        x2[0, 16:32] = 0.0                      # a zero rowwise block
+    if m >= 32:
+        x2[16:32, min(3, n - 1)] = 0.0          # a zero columnwise block
+    if extremes and x2.numel() >= 64:
+        k = max(1, x2.numel() // 1000)
+        flat = x2.view(-1)
+        idx = torch.randint(0, flat.numel(), (2 * k,), generator=gen)
+        flat[idx[:k]] *= 1e4                    # huge (relative)
+        flat[idx[k:]] *= 1e-6                   # tiny (subnormal scales, zero codes)
+    lim = 60000.0 if dtype == torch.float16 else 1e30
+    return x.clamp(-lim, lim).to(dtype)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """Raw bytes of t (flattened, CPU) for exact comparison.
+
+    E4M3 has two NaN bytes, 0x7F and 0xFF; which one a NaN scale gets is not specified (the CPU reference
+    itself gives 0x7F or 0xFF depending on the tensor size, through torch.minimum's vectorized path), so for
+    float8 tensors 0xFF is mapped to 0x7F. Every other byte is compared as is.
+    """
+    t = t.detach().contiguous().cpu()
+    b = t.view(torch.uint8).reshape(-1) if t.numel() else t.reshape(-1).to(torch.uint8)
+    if t.dtype == torch.float8_e4m3fn:
+        b = torch.where(b == 0xFF, torch.full_like(b, 0x7F), b)
+    return b
+
+
+def assert_same_bits(got, want, what):
+    assert got is not None and want is not None, what
+    assert tuple(got.shape) == tuple(want.shape), f"{what}: shape {tuple(got.shape)} vs {tuple(want.shape)}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} vs {want.dtype}"
+    g, w = bits(got), bits(want)
+    if not torch.equal(g, w):
+        bad = (g != w).nonzero().flatten()
+        raise AssertionError(f"{what}: {bad.numel()} of {g.numel()} bytes differ, first at byte {bad[0].item()} "
+                             f"(got {g[bad[0]].item():#04x}, want {w[bad[0]].item():#04x})")
+
+
+def assert_same_floats(got, want, what):
+    """Bit-equal floats, except that any NaN matches any NaN (payloads are not specified)."""
+    got, want = got.detach().cpu(), want.detach().cpu()
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    both_nan = got.isnan() & want.isnan()
+    ib = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[got.element_size()]
+    same = (got.view(ib) == want.view(ib)) | both_nan
+    if not bool(same.all()):
+        bad = (~same).nonzero()[0].tolist()
+        raise AssertionError(f"{what}: {(~same).sum().item()} values differ, first at {bad}: "
+                             f"got {got[tuple(bad)].item()!r}, want {want[tuple(bad)].item()!r}")
+
+
+def poisoned_outputs(m, n, rowwise, columnwise, poison, device):
+    def filled(shape, dtype):
+        t = torch.empty(shape, dtype=dtype, device=device)
+        t.view(torch.uint8).fill_(poison)
+        return t
+    return (filled((m, n // 2), torch.uint8) if rowwise else None,
+            filled((m, n // 16), torch.float8_e4m3fn) if rowwise else None,
+            filled((n, m // 2), torch.uint8) if columnwise else None,
+            filled((n, m // 16), torch.float8_e4m3fn) if columnwise else None)
+
+
+NAMES = ("rowwise_data", "rowwise_scale_inv", "columnwise_data", "columnwise_scale_inv")
+
+
+def check_cast(kern, x, *, rowwise, columnwise, block_2d=False, rht=False, sr=False, seed=0, rng_offset=0,
+               row_offset=0, amax=None):
+    """Cast x with both backends (poisoned outputs, two poisons) and compare every byte."""
+    x2d = x.reshape(-1, x.shape[-1])
+    m, n = x2d.shape
+    xc = x2d.cpu()
+    if amax is None:
+        amax = ref.compute_amax(xc, rht=rht and columnwise)
+    kw = dict(rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht, stochastic_rounding=sr,
+              seed=seed, rng_offset=rng_offset, row_offset=row_offset)
+    want = ref.cast(xc, amax.cpu(), **kw)
+    xd = x2d.cuda().contiguous()
+    for poison in POISONS:
+        out = poisoned_outputs(m, n, rowwise, columnwise, poison, xd.device)
+        got = kern.cast(xd, amax.cuda(), out=out, **kw)
+        for name, g, w, o in zip(NAMES, got, want, out):
+            if w is None:
+                assert g is None, name
+                continue
+            assert g.data_ptr() == o.data_ptr(), f"{name}: out= was not used"
+            assert_same_bits(g, w, f"{name} ({x.dtype}, {tuple(x.shape)}, {kw}, poison {poison:#x})")
+    return want
+
+
+MODES = {
+    "row": dict(rowwise=True, columnwise=False),
+    "col": dict(rowwise=False, columnwise=True),
+    "both": dict(rowwise=True, columnwise=True),
+    "row_2d": dict(rowwise=True, columnwise=False, block_2d=True),
+    "col_2d": dict(rowwise=False, columnwise=True, block_2d=True),
+    "both_2d": dict(rowwise=True, columnwise=True, block_2d=True),
+    "col_rht": dict(rowwise=False, columnwise=True, rht=True),
+    "both_rht": dict(rowwise=True, columnwise=True, rht=True),
+    "both_sr": dict(rowwise=True, columnwise=True, sr=True, seed=1234, rng_offset=7, row_offset=0),
+    "row_sr_off": dict(rowwise=True, columnwise=False, sr=True, seed=2**40 + 5, rng_offset=2**33 + 1,
+                       row_offset=4096),
+    "both_rht_sr": dict(rowwise=True, columnwise=True, rht=True, sr=True, seed=99, rng_offset=3, row_offset=48),
+    "both_2d_sr": dict(rowwise=True, columnwise=True, block_2d=True, sr=True, seed=5, rng_offset=0,
+                       row_offset=123456),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# cast: every mode, every dtype
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("shape", [(48, 80), (4, 48, 160), (1024, 4096)], ids=lambda s: "x".join(map(str, s)))
+def test_cast_matches_reference(kern, gen, shape, mode, dtype):
+    check_cast(kern, make_input(shape, dtype, gen), **MODES[mode])
+
+
+@pytest.mark.parametrize("mode,dtype", [("both", torch.bfloat16), ("both_rht_sr", torch.bfloat16),
+                                        ("both_2d", torch.bfloat16), ("both", torch.float32),
+                                        ("row_sr_off", torch.float16)])
+def test_cast_large(kern, gen, mode, dtype):
+    check_cast(kern, make_input((8192, 5120), dtype, gen), **MODES[mode])
+
+
+@pytest.mark.parametrize("shape,mode", [
+    ((7, 32), "row"),            # m not a multiple of 16 (rowwise only)
+    ((33, 48), "row_sr_off"),
+    ((32, 5), "col"),            # n odd: unaligned rows, scalar load path
+    ((32, 20), "col_rht"),       # n * 2 bytes not a multiple of 16 (bf16): scalar path
+    ((16, 16), "both"),
+    ((16, 16), "both_2d"),
+    ((208, 400), "both_rht_sr"),  # partial tiles in both directions, m % 32 == 16
+    ((3, 16, 48), "both_2d"),
+])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_cast_odd_shapes(kern, gen, shape, mode, dtype):
+    check_cast(kern, make_input(shape, dtype, gen), **MODES[mode])
+
+
+def test_cast_unaligned_input_view(kern, gen):
+    # a contiguous view that starts 2 bytes into its storage: the kernel must not assume alignment
+    base = make_input((1, 48 * 64 + 1), torch.bfloat16, gen).reshape(-1).cuda()
+    x = base[1:].reshape(48, 64)
+    assert x.data_ptr() % 16 != 0
+    check_cast(kern, x, **MODES["both"])
+    check_cast(kern, x, **MODES["both_rht_sr"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_rounding_ties_every_layout(kern, dtype):
+    # amax = 2688 -> S_enc = 1; every row and column block holds a 6 -> scale 1, e = 1: v = x exactly,
+    # so each tie value (and its neighbours in dtype) lands exactly on / next to an E2M1 threshold.
+    ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 0.5, 3.0], dtype=dtype)
+    ib = {2: torch.int16, 4: torch.int32}[ties.element_size()]
+    up = (ties.view(ib) + 1).view(dtype)      # next value up in dtype (all positive)
+    down = (ties.view(ib) - 1).view(dtype)    # next value down
+    vals = torch.cat([ties, up, down, -ties, -up, -down, torch.tensor([0.0, -0.0, 1e-3, -1e-3], dtype=dtype)])
+    i = torch.arange(64)
+    x = vals[(i[:, None] * 7 + i[None, :] * 3) % vals.numel()].clone()
+    x[(i[:, None] % 16) == (i[None, :] % 16)] = 6.0
+    x[5, 40] = 2688.0
+    for mode in ("both", "both_2d", "both_sr"):
+        check_cast(kern, x.to(dtype), **MODES[mode])
+
+
+# ------------------------------------------------------------------------------------------------
+# amax, zeros, NaN
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("shape", [(48, 80), (1024, 4096), (4, 48, 160), (32, 5), (8192, 5120)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("rht", [False, True])
+def test_amax_matches_reference(kern, gen, shape, dtype, rht):
+    x = make_input(shape, dtype, gen).reshape(-1, shape[-1])
+    want = ref.compute_amax(x, rht=rht)
+    got = kern.compute_amax(x.cuda(), rht=rht)
+    assert_same_floats(got, want, f"amax {dtype} {shape} rht={rht}")
+
+
+def test_amax_then_cast_end_to_end(kern, gen):
+    x = make_input((256, 512), torch.bfloat16, gen)
+    for mode in ("both", "both_rht_sr", "both_2d"):
+        kw = MODES[mode]
+        rht_amax = kw.get("rht", False)
+        a_ref = ref.compute_amax(x, rht=rht_amax)
+        a_cuda = kern.compute_amax(x.cuda(), rht=rht_amax)
+        assert_same_floats(a_cuda, a_ref, "amax")
+        check_cast(kern, x, amax=a_cuda.cpu(), **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_all_zero_input(kern, dtype):
+    x = torch.zeros(64, 128, dtype=dtype)
+    for rht in (False, True):
+        assert_same_floats(kern.compute_amax(x.cuda(), rht=rht), ref.compute_amax(x, rht=rht), "amax of zeros")
+    for mode in ("both", "both_rht", "both_2d", "both_rht_sr"):
+        want = check_cast(kern, x, **MODES[mode])
+        assert int(bits(want[0]).max()) == 0 and int(bits(want[1]).max()) == 0  # codes 0, scales 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_nan_input(kern, gen, dtype):
+    x = make_input((64, 128), dtype, gen)
+    x[3, 17] = float("nan")
+    for rht in (False, True):
+        got, want = kern.compute_amax(x.cuda(), rht=rht), ref.compute_amax(x, rht=rht)
+        assert bool(got.isnan().all()) and bool(want.isnan().all())
+    for mode in ("both", "both_rht_sr", "both_2d"):
+        check_cast(kern, x, **MODES[mode])              # NaN amax: codes 0, scales NaN (0x7F)
+    # a finite amax supplied by the caller with a NaN inside X: that block's scale is NaN, codes 0
+    finite = ref.compute_amax(torch.nan_to_num(x.float(), nan=0.0).to(dtype), rht=False)
+    check_cast(kern, x, amax=finite, **MODES["both"])
+    check_cast(kern, x, amax=finite, **MODES["both_2d"])
+
+
+def test_infinite_amax_and_inf_input(kern, gen):
+    x = make_input((64, 64), torch.float32, gen)
+    x[2, 2] = float("inf")
+    x[40, 9] = -float("inf")
+    check_cast(kern, x, **MODES["both"])
+    check_cast(kern, x, **MODES["both_sr"])
+
+
+# ------------------------------------------------------------------------------------------------
+# dequantize
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("mode", ["both", "both_rht_sr", "both_2d"])
+def test_dequantize_matches_reference(kern, gen, dtype, out_dtype, mode):
+    x = make_input((208, 400), dtype, gen)
+    kw = MODES[mode]
+    amax = ref.compute_amax(x, rht=kw.get("rht", False))
+    rd, rs, cd, cs = ref.cast(x, amax, rowwise=True, columnwise=True, block_2d=kw.get("block_2d", False),
+                              rht=kw.get("rht", False), stochastic_rounding=kw.get("sr", False),
+                              seed=kw.get("seed", 0), rng_offset=0, row_offset=0)
+    for data, scale, a in ((rd, rs, amax[0]), (cd, cs, amax[1])):
+        dec = fmt.global_decode_scale(a)
+        want = ref.dequantize(data, scale, dec, out_dtype)
+        got = kern.dequantize(data.cuda(), scale.cuda(), dec.cuda(), out_dtype)
+        assert_same_floats(got, want, f"dequantize {mode} -> {out_dtype}")
+
+
+def test_dequantize_special_decode_scales(kern, gen):
+    data = torch.randint(0, 256, (32, 64), generator=gen, dtype=torch.uint8)
+    scale = torch.randint(0, 256, (32, 8), generator=gen, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    for d in (0.0, float("nan"), float("inf"), 1e-40, 3e38, 1.0 / 2688.0):
+        dec = torch.tensor(d, dtype=torch.float32)
+        for out_dtype in DTYPES:
+            want = ref.dequantize(data, scale, dec, out_dtype)
+            got = kern.dequantize(data.cuda(), scale.cuda(), dec.cuda(), out_dtype)
+            assert_same_floats(got, want, f"dequantize dec={d} -> {out_dtype}")
+
+
+# ------------------------------------------------------------------------------------------------
+# swap_first_dims
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape,dtype", [
+    ((3, 5), torch.uint8), ((3, 5, 7), torch.uint8), ((2, 7, 9), torch.float8_e4m3fn),
+    ((4, 48, 160), torch.uint8), ((5, 3, 33), torch.uint8), ((1, 1, 1), torch.uint8),
+    ((4, 8, 64), torch.uint8), ((3, 4, 8), torch.uint8), ((3, 4, 4), torch.float8_e4m3fn),
+    ((2, 3, 4, 5), torch.uint8), ((4, 1024, 256), torch.uint8), ((7, 1), torch.uint8),
+])
+def test_swap_first_dims(kern, gen, shape, dtype):
+    t = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).view(dtype)
+    got = kern.swap_first_dims(t.cuda())
+    want = ref.swap_first_dims(t)
+    assert got.is_contiguous()
+    assert_same_bits(got, want, f"swap_first_dims {shape}")
+
+
+def test_swap_first_dims_noncontiguous(kern, gen):
+    t = torch.randint(0, 256, (6, 10, 12), generator=gen, dtype=torch.uint8)
+    v = t.cuda().transpose(1, 2)  # [6, 12, 10], not contiguous
+    assert_same_bits(kern.swap_first_dims(v), ref.swap_first_dims(t.transpose(1, 2)), "non-contiguous")
+
+
+# ------------------------------------------------------------------------------------------------
+# stochastic rounding: determinism, seeds, unbiasedness
+# ------------------------------------------------------------------------------------------------
+
+def test_sr_deterministic_and_seed_dependent(kern, gen):
+    x = make_input((128, 256), torch.bfloat16, gen).cuda()
+    amax = kern.compute_amax(x, rht=True)
+    kw = dict(rowwise=True, columnwise=True, block_2d=False, rht=True, stochastic_rounding=True, row_offset=0)
+    a = kern.cast(x, amax, seed=11, rng_offset=0, **kw)
+    b = kern.cast(x, amax, seed=11, rng_offset=0, **kw)
+    c = kern.cast(x, amax, seed=12, rng_offset=0, **kw)
+    d = kern.cast(x, amax, seed=11, rng_offset=1, **kw)
+    for i in (0, 2):
+        assert torch.equal(a[i], b[i])
+        assert not torch.equal(a[i], c[i])
+        assert not torch.equal(a[i], d[i])
+        assert torch.equal(a[i + 1].view(torch.uint8), c[i + 1].view(torch.uint8))  # scales don't depend on SR
+
+
+def test_sr_row_offset_matches_full_tensor(kern, gen):
+    # a shard quantized with row_offset draws the same numbers as those rows of the full tensor
+    x = make_input((96, 64), torch.float32, gen).cuda()
+    amax = kern.compute_amax(x, rht=False)
+    kw = dict(rowwise=True, columnwise=True, block_2d=False, rht=False, stochastic_rounding=True, seed=3,
+              rng_offset=9)
+    full = kern.cast(x, amax, row_offset=0, **kw)
+    shard = kern.cast(x[32:64], amax, row_offset=32, **kw)
+    assert torch.equal(shard[0], full[0][32:64])
+    assert torch.equal(shard[2], full[2][:, 16:32])
+
+
+@pytest.mark.parametrize("layout", ["rowwise", "columnwise", "columnwise_rht"])
+def test_sr_unbiased(kern, layout):
+    # E[dequantized] = clamp(v, -6, 6) * s * S_dec exactly. Over N fixed seeds each element's mean is within a
+    # Bernstein bound (failure probability 1e-9 per element) built from its per-draw variance
+    # (b - v)(v - a) (s S_dec)^2, and the z-scores average out (|mean z| < 6 / sqrt(count)). Fixed seeds:
+    # the test is deterministic, no flakes.
+    g = torch.Generator().manual_seed(20240607)
+    x = make_input((32, 64), torch.float32, g, extremes=False).cuda()
+    rht = layout == "columnwise_rht"
+    col = layout != "rowwise"
+    amax = kern.compute_amax(x, rht=rht)
+    n_seeds = 1024
+    acc = None
+    for s in range(n_seeds):
+        out = kern.cast(x, amax, rowwise=not col, columnwise=col, block_2d=False, rht=rht, stochastic_rounding=True,
+                        seed=1000 + s, rng_offset=s, row_offset=0)
+        data, scale = (out[2], out[3]) if col else (out[0], out[1])
+        a = amax[1] if col else amax[0]
+        deq = kern.dequantize(data, scale, fmt.global_decode_scale(a), torch.float32).double()
+        acc = deq if acc is None else acc + deq
+    mean = acc / n_seeds
+    # exact expectation from the (deterministic) scales
+    src = ref._columnwise_source(x.cpu(), rht).double() if col else x.cpu().double()
+    a = (amax[1] if col else amax[0]).cpu()
+    s_enc = fmt.global_encode_scale(a)
+    s_dec = (1.0 / s_enc).double()
+    data, scale = (out[2], out[3]) if col else (out[0], out[1])
+    sf = scale.cpu().float().double().repeat_interleave(16, dim=1)
+    enc = fmt.block_encode_scale(scale.cpu(), 1.0 / s_enc).double().repeat_interleave(16, dim=1)
+    v = (src.float().double() * enc).clamp(-6, 6)  # the fp32 rounding of x*e is below the tolerance
+    unit = sf * s_dec
+    target = v * unit
+    mag = v.abs()
+    grid = torch.tensor(fmt.E2M1_MAGNITUDES, dtype=torch.float64)
+    lo_idx = (mag[..., None] >= grid).sum(-1).clamp(min=1) - 1
+    lo = grid[lo_idx]
+    hi = grid[(lo_idx + 1).clamp(max=7)]
+    step = (hi - lo).clamp(min=0.5)
+    p = ((mag - lo) / step).clamp(0, 1)                 # probability of rounding up
+    var = step ** 2 * p * (1 - p) * unit ** 2             # per-draw variance of the dequantized value
+    # Bernstein: P(|mean - E| > sqrt(2 var L / N) + 2 L step unit / (3 N)) <= 2 exp(-L); L = ln(2e9)
+    big_l = math.log(2e9)
+    err = (mean.cpu() - target).abs()
+    tol = (2 * var * big_l / n_seeds).sqrt() + 2 * big_l * step * unit / (3 * n_seeds) + 1e-6 * target.abs()
+    if not bool((err <= tol).all()):
+        i = ((err - tol) / tol.clamp(min=1e-30)).flatten().argmax().item()
+        raise AssertionError(f"element {divmod(i, err.shape[1])}: mean {mean.flatten()[i].item()!r} target "
+                             f"{target.flatten()[i].item()!r} tol {tol.flatten()[i].item()!r} p {p.flatten()[i].item()!r}")
+    # aggregate bias: z-scores of the elements where the normal approximation holds (N p (1 - p) >= 5)
+    ok = n_seeds * p * (1 - p) >= 5
+    z = ((mean.cpu() - target) / (var / n_seeds).sqrt())[ok]
+    assert z.numel() > 200
+    assert abs(z.mean().item()) < 6 / math.sqrt(z.numel()), f"mean z = {z.mean().item():.3f} over {z.numel()}"
+    assert 0.5 < z.std().item() < 1.5, f"z std = {z.std().item():.3f}"
+
+
+# ------------------------------------------------------------------------------------------------
+# through the public API
+# ------------------------------------------------------------------------------------------------
+
+def test_quantizer_backends_agree(kern, gen):
+    x = make_input((4, 48, 160), torch.bfloat16, gen)
+    for kw in (dict(), dict(rht=True, stochastic_rounding=True, seed=7), dict(block_2d=True)):
+        qc = NVFP4Quantizer(backend="cuda", **kw)(x.cuda(), rng_offset=5, row_offset=0)
+        qr = NVFP4Quantizer(backend="reference", **kw)(x, rng_offset=5, row_offset=0)
+        for name in NAMES:
+            assert_same_bits(getattr(qc, name), getattr(qr, name), f"quantizer {kw} {name}")
+        assert_same_floats(qc.dequantize(torch.float32), qr.dequantize(torch.float32), "dequantize")
