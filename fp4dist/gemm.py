@@ -7,10 +7,10 @@ are applied as alpha to the fp32 result, which is then rounded once to ``out_dty
 
 * CPU: fp32 matmul of the decoded operands.
 * CUDA (sm_90, and the default on every GPU): bf16 GEMM of the exactly-decoded operands (cuBLAS,
-  fp32 accumulation). For a bf16/fp16 output alpha goes to cuBLAS, which scales the fp32
-  accumulator before the one rounding (this reads alpha on the host: one device sync per GEMM,
-  cheaper than the extra passes over an fp32 output); for an fp32 output the fp32 product is
-  multiplied by alpha on the device.
+  fp32 accumulation) with alpha passed to cuBLAS as a device pointer (csrc/gemm_alpha.cpp), which
+  scales the fp32 accumulator before the one rounding to the output dtype, with no host sync.
+  Without that extension: ``torch.addmm`` with alpha read on the host (one sync per GEMM) for
+  bf16/fp16 outputs, and an fp32 product times alpha for fp32 outputs.
 * sm_100+: ``torch._scaled_mm`` on float4_e2m1fn_x2 data with swizzled E4M3 scales, only when
   ``FP4DIST_FP4_SCALED_MM=1``. THIS PATH HAS NEVER RUN (no Blackwell GPU was available); it is
   off by default for that reason.
@@ -85,6 +85,10 @@ def nvfp4_gemm(a: NVFP4Tensor, b: NVFP4Tensor, *, a_columnwise: bool = False, b_
     a_op, b_op = _operand(a, a_columnwise, op_dtype), _operand(b, b_columnwise, op_dtype)
     if a_op.shape[1] != b_op.shape[1]:
         raise ValueError(f"nvfp4_gemm: contraction dims differ, A is {list(a_op.shape)} and B is {list(b_op.shape)}")
+    if device.type == "cuda":
+        from fp4dist.backends import cuda as cuda_backend
+        if cuda_backend.gemm_alpha_available():
+            return cuda_backend.gemm_alpha(a_op, b_op, alpha, out_dtype)
     if device.type == "cuda" and out_dtype != torch.float32:
         zero = torch.zeros((), dtype=out_dtype, device=device).expand(a_op.shape[0], b_op.shape[0])
         return torch.addmm(zero, a_op, b_op.t(), beta=0, alpha=alpha.item())

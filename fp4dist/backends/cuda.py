@@ -84,6 +84,42 @@ def available() -> bool:
     return _ext is not None
 
 
+_gemm_ext: ModuleType | None = None
+_gemm_failed = False
+
+
+def gemm_alpha_available() -> bool:
+    """True when the cuBLAS device-alpha GEMM (csrc/gemm_alpha.cpp) is built and loaded."""
+    global _gemm_ext, _gemm_failed
+    if not available():
+        return False
+    with _lock:
+        if _gemm_ext is None and not _gemm_failed:
+            try:
+                from torch.utils.cpp_extension import load
+
+                src = _CSRC / "gemm_alpha.cpp"
+                digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+                build_dir = os.path.join(os.environ.get("FP4DIST_BUILD_DIR") or os.path.join(
+                    os.path.expanduser("~"), ".cache", "fp4dist"), f"gemm-{torch.__version__}-{digest}")
+                os.makedirs(build_dir, exist_ok=True)
+                _gemm_ext = load(name=f"fp4dist_gemm_{digest}", sources=[str(src)], extra_cflags=_CXX_FLAGS,
+                                 extra_ldflags=["-lcublas"], with_cuda=True, build_directory=build_dir,
+                                 verbose=False)
+            except Exception as e:  # noqa: BLE001 - any failure means "use the fallback", said once
+                _gemm_failed = True
+                log.warning("fp4dist cuBLAS device-alpha GEMM unavailable (%s: %s); nvfp4_gemm reads alpha on the "
+                            "host instead", type(e).__name__, str(e).strip().splitlines()[0][:300] if str(e) else "")
+    return _gemm_ext is not None
+
+
+def gemm_alpha(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """alpha * a [M, K] @ b [N, K]^T in out_dtype; a, b bf16 or fp16, fp32 accumulation, alpha an fp32 CUDA scalar."""
+    out = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
+    _gemm_ext.gemm_alpha(a.contiguous(), b.contiguous(), alpha.reshape(1).float().contiguous(), out)
+    return out
+
+
 def _kernels() -> ModuleType:
     if not available():
         raise RuntimeError("the fp4dist CUDA kernels are unavailable (see the fp4dist log line for why)")
