@@ -17,6 +17,7 @@ BLOCK_SIZE = 16
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0
 FLT_MAX = torch.finfo(torch.float32).max
+INV_SIX = (torch.tensor(1.0, dtype=torch.float32) / 6).item()  #: fp32(1/6), exactly, as a Python float
 
 #: Magnitudes of E2M1 codes 0..7 (codes 8..15 are the same values negated; code 8 is -0).
 E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -87,7 +88,10 @@ def round_to_e2m1_stochastic(v: torch.Tensor, random_bits: torch.Tensor) -> torc
 
 def global_encode_scale(amax: torch.Tensor) -> torch.Tensor:
     """S_enc = 2688 / amax (fp32), FLT_MAX where that overflows (amax == 0), 1 where it is 0 (amax == inf)."""
-    s_enc = torch.tensor(E4M3_MAX * E2M1_MAX, dtype=torch.float32, device=amax.device) / amax.float()
+    # full_like, not torch.tensor(..., device=...): a host-to-device copy would stall the host on a GPU;
+    # and a true division, not 2688 * (1/amax), which rounds twice
+    amax = amax.float()
+    s_enc = torch.full_like(amax, E4M3_MAX * E2M1_MAX) / amax
     s_enc = torch.where(s_enc > FLT_MAX, torch.full_like(s_enc, FLT_MAX), s_enc)
     return torch.where(s_enc == 0, torch.ones_like(s_enc), s_enc)
 
@@ -99,8 +103,7 @@ def global_decode_scale(amax: torch.Tensor) -> torch.Tensor:
 
 def block_scale(block_amax: torch.Tensor, s_enc: torch.Tensor) -> torch.Tensor:
     """Stored E4M3 block scale: e4m3(clamp(min(bmax * fp32(S_enc * fp32(1/6)), FLT_MAX), -448, 448)), RNE."""
-    inv_six = torch.tensor(1.0, dtype=torch.float32, device=s_enc.device) / 6.0
-    scaled = block_amax * (s_enc * inv_six)
+    scaled = block_amax * (s_enc * INV_SIX)
     # where() rather than minimum(): it keeps a NaN's bits (a positive NaN -> E4M3 0x7F), whereas the
     # vectorized minimum turns NaN into all-ones (0xFF) on some sizes
     scaled = torch.where(scaled > FLT_MAX, FLT_MAX, scaled)
