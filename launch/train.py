@@ -121,6 +121,26 @@ def evaluate(model, corpus, cfg, device) -> float:
     return sum(losses) / len(losses)
 
 
+# settings a resumed run may change; any other difference means the checkpoint belongs to another run
+RESUMABLE_CHANGES = ("output_dir", "device", "dist_backend", "train.log_interval", "train.eval_interval",
+                     "train.eval_batches", "checkpoint", "debug")
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts, except the RESUMABLE_CHANGES."""
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        path = f"{prefix}{key}"
+        if path in RESUMABLE_CHANGES:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, path + ".")
+        elif a != b:
+            diffs.append(f"{path}: checkpoint {a!r}, now {b!r}")
+    return diffs
+
+
 class MetricsLog:
     """Rank 0's JSONL metrics; on resume it drops records past the checkpoint's step."""
 
@@ -162,6 +182,10 @@ def train(cfg: DictConfig) -> dict:
     start = 0
     state = checkpoint.load_latest(cfg.checkpoint.dir, map_location=device) if cfg.checkpoint.resume else None
     if state is not None:
+        diffs = config_differences(state["config"], OmegaConf.to_container(cfg))
+        if diffs:
+            raise ValueError(f"the checkpoint in {cfg.checkpoint.dir} was written by a run with another config "
+                             f"({'; '.join(diffs)}); use a fresh checkpoint.dir, or checkpoint.resume=false")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -15,13 +15,15 @@ TINY = ["model=tiny", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
         "optim.warmup_steps=2"]
 
 
-def torchrun(out_dir: Path, *overrides: str, max_restarts: int = 0, timeout: int = 150) -> subprocess.CompletedProcess:
+def torchrun(out_dir: Path, *overrides: str, max_restarts: int = 0, timeout: int = 150,
+             expect_success: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            f"--max-restarts={max_restarts}", str(ROOT / "launch" / "train.py"), *TINY,
            f"output_dir={out_dir}", "device=cpu", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    if expect_success:
+        assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
 
 
@@ -68,3 +70,12 @@ def test_kill_during_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
     assert "at step 3" in out  # resumed from the last complete checkpoint
     assert losses(tmp_path / "killed") == losses(tmp_path / "clean")
     assert not list((tmp_path / "killed" / "checkpoints").glob("*.partial"))
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    torchrun(tmp_path, "recipe=nvfp4", "train.steps=3", "checkpoint.interval=3")
+    proc = torchrun(tmp_path, "recipe=nvfp4", "train.steps=6", "optim.lr=1e-3", expect_success=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "written by a run with another config" in out and "optim.lr" in out and "train.steps" in out
