@@ -3,7 +3,7 @@
     python launch/plot.py outputs/cpu_nvfp4 outputs/cpu_bf16 -o docs/loss_cpu.png --title "tiny GPT, CPU"
 
 Needs matplotlib (pip install -e '.[plot]'). Prints each run's final loss and the relative gap of
-every run to the last one given (the baseline).
+every run to the last one given (the baseline), at the last step that all runs reached.
 """
 
 from __future__ import annotations
@@ -44,16 +44,18 @@ def main(argv=None) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     finals = {}
-    for run in args.runs:
-        records = read_metrics(run)
+    runs = {run: read_metrics(run) for run in args.runs}
+    common = min(records[-1]["step"] for records in runs.values())
+    for run, records in runs.items():
         steps = [r["step"] for r in records]
         label = run.name
         line, = ax.plot(steps, smooth([r["loss"] for r in records], args.smooth), label=f"{label} (train)")
         val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
         if val:
             ax.plot(*zip(*val), "o--", color=line.get_color(), label=f"{label} (val)", markersize=4)
-        last = records[-max(1, args.smooth):]
-        finals[label] = (sum(r["loss"] for r in last) / len(last), val[-1][1] if val else None)
+        upto = [r for r in records if r["step"] <= common]
+        last, val_upto = upto[-max(1, args.smooth):], [v for s, v in val if s <= common]
+        finals[label] = (sum(r["loss"] for r in last) / len(last), val_upto[-1] if val_upto else None)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/byte)")
     ax.set_title(args.title)
@@ -63,6 +65,7 @@ def main(argv=None) -> None:
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     base = args.runs[-1].name
+    print(f"at step {common} (the last that every run reached):")
     for name, (train_loss, val_loss) in finals.items():
         gap = lambda a, b: f"{100 * (a - b) / b:+.2f}%" if a is not None and b is not None else "n/a"
         print(f"{name}: final train loss {train_loss:.4f} ({gap(train_loss, finals[base][0])} vs {base}), "
