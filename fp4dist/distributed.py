@@ -10,7 +10,9 @@ shard X_r of logical shape [s, ...] viewed as [m, n]; the gathered tensor is [wo
 Shards must have been quantized with ``amax_group=group`` (one global amax); then the result has the
 bits of quantizing the gathered high-precision tensor. A small fixed-size header (shape, dtype,
 layouts, amax bits) is all-gathered first, so mismatched shards raise the same clear error on every
-rank instead of hanging or corrupting a size-mismatched collective; the amaxes travel in it.
+rank instead of hanging or corrupting a size-mismatched collective; the amaxes travel in it. The
+check reads the header on the host: one small blocking collective (and host sync) per gather, the
+price of an error instead of a hang.
 """
 
 from __future__ import annotations

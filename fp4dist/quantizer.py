@@ -92,6 +92,10 @@ class NVFP4Quantizer:
             amax = self.compute_amax(x)
         else:
             self.check_input(x)
+            if not isinstance(amax, torch.Tensor) or amax.numel() != 2 or amax.device != x.device:
+                raise ValueError("amax must be the fp32 [2] tensor of compute_amax (rowwise, columnwise amax) on "
+                                 f"the input's device {x.device}, got {amax!r}")
+            amax = amax.float().reshape(2)
         x2d = x.reshape(-1, x.shape[-1]).contiguous()
         backend = backends.select(self.backend, x.device)
         rd, rs, cd, cs = backend.cast(

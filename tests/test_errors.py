@@ -56,3 +56,9 @@ def test_missing_layout_is_none_and_says_so():
     assert t.columnwise_data is None and t.columnwise_scale_inv is None and t.amax_columnwise is None
     with pytest.raises(ValueError, match=r"no columnwise layout"):
         t.dequantize(columnwise=True)
+
+
+def test_bad_amax_argument():
+    x = torch.randn(16, 32)
+    with pytest.raises(ValueError, match=r"amax must be the fp32 \[2\] tensor"):
+        NVFP4Quantizer().quantize(x, amax=torch.tensor(3.0))
