@@ -160,6 +160,23 @@ def test_nvfp4_layers_match_oracle(check, world, sp, gen):
     run_ranks(check, world, int(torch.randint(2**31, (1,), generator=gen)), sp, timeout=180)
 
 
+def default_group_is_the_world(rank, world, seed):
+    torch.manual_seed(seed)
+    x = torch.randn(S, B, HIDDEN)
+    outs = []
+    for group in (None, dist.group.WORLD):
+        layer = ColumnParallelLinear(HIDDEN, FFN, sequence_parallel=True, recipe=RECIPE, tp_group=group, init_seed=4)
+        outs.append(layer(rows_of(x, rank, world)))
+    assert outs[0].shape == (S, B, FFN // world)  # the sequence was gathered
+    assert torch.equal(outs[0], outs[1])
+    return True
+
+
+@pytest.mark.slow
+def test_tp_group_none_means_the_default_group(gen):
+    run_ranks(default_group_is_the_world, 2, int(torch.randint(2**31, (1,), generator=gen)), timeout=120)
+
+
 # ---------------------------------------------------------------- nvfp4_gemm
 
 def check_gemm(device, gen, out_dtype=torch.float32):

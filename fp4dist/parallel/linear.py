@@ -47,8 +47,10 @@ class _ParallelLinear(nn.Module):
         if not isinstance(recipe, (NVFP4Recipe, HighPrecisionRecipe)):
             raise TypeError(f"recipe must be NVFP4Recipe or HighPrecisionRecipe, got {type(recipe).__name__}")
         self.in_features, self.out_features = in_features, out_features
-        self.sequence_parallel, self.recipe, self.tp_group = sequence_parallel, recipe, tp_group
         self.tp_size, self.tp_rank = _group_size_rank(tp_group)
+        if tp_group is None and self.tp_size > 1:
+            tp_group = dist.group.WORLD  # None means the default group, as in torch.distributed; name it
+        self.sequence_parallel, self.recipe, self.tp_group = sequence_parallel, recipe, tp_group
         self.layer_id = next(_layer_ids)
         self.rng_step = 0
         self._init_args = (init_seed, init_std)
