@@ -42,7 +42,7 @@ def full_weight_init(out_features: int, in_features: int, seed: int, std: float)
 
 
 class _ParallelLinear(nn.Module):
-    def __init__(self, in_features, out_features, bias, sequence_parallel, recipe, tp_group, init_seed, init_std):
+    def __init__(self, in_features, out_features, sequence_parallel, recipe, tp_group):
         super().__init__()
         if not isinstance(recipe, (NVFP4Recipe, HighPrecisionRecipe)):
             raise TypeError(f"recipe must be NVFP4Recipe or HighPrecisionRecipe, got {type(recipe).__name__}")
@@ -53,7 +53,6 @@ class _ParallelLinear(nn.Module):
         self.sequence_parallel, self.recipe, self.tp_group = sequence_parallel, recipe, tp_group
         self.layer_id = next(_layer_ids)
         self.rng_step = 0
-        self._init_args = (init_seed, init_std)
 
     def _mark_sharded(self, *params) -> None:
         """``param.tensor_parallel = True``: each rank holds a different shard (grad norms sum over ranks)."""
@@ -93,8 +92,7 @@ class _ParallelLinear(nn.Module):
     def _config(self, sp_group) -> NVFP4LinearConfig:
         r = self.recipe
         stream = (self.layer_id << 16) | self.tp_rank
-        amax_group = sp_group if sp_group is not None else None
-        return NVFP4LinearConfig(r.input_quantizer(amax_group), r.weight_quantizer(), r.grad_quantizer(stream),
+        return NVFP4LinearConfig(r.input_quantizer(amax_group=sp_group), r.weight_quantizer(), r.grad_quantizer(stream),
                                  rng_step=self.rng_step, sp_group=sp_group)
 
     def _matmul(self, x: torch.Tensor, sp_group=None) -> torch.Tensor:
@@ -116,7 +114,7 @@ class ColumnParallelLinear(_ParallelLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, gather_output: bool = False,
                  sequence_parallel: bool = False, recipe=HighPrecisionRecipe(), tp_group=None,
                  init_seed: int = 0, init_std: float = 0.02):
-        super().__init__(in_features, out_features, bias, sequence_parallel, recipe, tp_group, init_seed, init_std)
+        super().__init__(in_features, out_features, sequence_parallel, recipe, tp_group)
         self._check_divisible("out_features", out_features)
         if sequence_parallel and gather_output:
             raise ValueError("ColumnParallelLinear: gather_output=True cannot be combined with sequence_parallel")
@@ -148,7 +146,7 @@ class RowParallelLinear(_ParallelLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, input_is_parallel: bool = True,
                  sequence_parallel: bool = False, recipe=HighPrecisionRecipe(), tp_group=None,
                  init_seed: int = 0, init_std: float = 0.02):
-        super().__init__(in_features, out_features, bias, sequence_parallel, recipe, tp_group, init_seed, init_std)
+        super().__init__(in_features, out_features, sequence_parallel, recipe, tp_group)
         self._check_divisible("in_features", in_features)
         if sequence_parallel and not input_is_parallel:
             raise ValueError("RowParallelLinear: sequence_parallel=True needs input_is_parallel=True")
