@@ -86,7 +86,6 @@ def run(sizes, compile_baseline: bool, variants=()):
         rows.append(dict(name=name, shape=shape, mb=nbytes / 1e6, us=t_us, gbs=gbs, ratio=ratio, target=target,
                          met=None if target is None else ratio >= target, comp=t_comp,
                          speedup=None if t_comp is None else t_comp / t_us, note=note))
-        r = rows[-1]
         print(f"  {name:16s} {shape:18s} {t_us:9.1f} us {gbs:7.0f} GB/s {100 * ratio:5.1f}% of copy"
               + (f"  compiled {t_comp:9.1f} us ({t_comp / t_us:.1f}x)" if t_comp else f"  {note}"), flush=True)
 
