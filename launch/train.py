@@ -177,7 +177,7 @@ def train(cfg: DictConfig) -> dict:
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    corpus = ByteCorpus(cfg.data.path, cfg.data.val_fraction)
+    corpus = ByteCorpus(cfg.data.path, cfg.data.val_fraction, source=cfg.data.get("source"))
 
     start = 0
     state = checkpoint.load_latest(cfg.checkpoint.dir, map_location=device) if cfg.checkpoint.resume else None
