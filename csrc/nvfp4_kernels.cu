@@ -54,6 +54,19 @@ FP4_HD float u2f(uint32_t u) {
 #endif
 }
 
+FP4_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {  // byte i of the result = byte sel[i] of {b, a}
+#ifdef __CUDA_ARCH__
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+#else
+  const uint64_t ab = (static_cast<uint64_t>(b) << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>((ab >> (8 * ((sel >> (4 * i)) & 7u))) & 0xffu) << (8 * i);
+  return r;
+#endif
+}
+
 // Per-16-bit-lane unsigned max.
 FP4_HD uint32_t vmaxu2(uint32_t a, uint32_t b) {
 #ifdef __CUDA_ARCH__
@@ -271,6 +284,72 @@ FP4_HD uint2 quantize16(const float (&x)[16], float e, WordFn word) {
   return quantize16_fn<SR>([&](int i) { return x[i]; }, e, word);
 }
 
+// ---- Fast RN path for blocks of 16-bit inputs ------------------------------------------------------
+// Valid for a block whose products a = x * e all satisfy |a| < 7 and cannot underflow to -0 for a
+// negative nonzero x: rn(bmax * e) < 7 and e >= 2^-16 (an fp32 product of a nonzero bf16, >= 2^-133,
+// and e >= 2^-16 is >= 2^-149, so it is nonzero). NaN / inf blocks and blocks with saturating scales fail
+// the test and take the general path (quantize16_fn).
+//
+// Magnitude: on [0, 7) the E2M1 code with RNE is rint(g(|a|)), g = min(2|a|, |a| + 2, |a|/2 + 4): g maps
+// the grid {0, .5, 1, 1.5, 2, 3, 4, 6} to 0..7 and every tie to a half-integer whose even neighbour is the
+// even code; (6, 7) maps into (7, 7.5). rint is monotone, so rint(g) = min of the three rints, each one
+// FMA/FADD onto M = 1.5 * 2^23 (ulp 1) rounding the exact |a|-affine value once, ties to even. Result: the
+// bits of M + code, kRnMagicBits + code. Checked on the host against e2m1_rn for every fp32 |a| < 7.
+FP4_HD uint32_t e2m1_rn_mag_fast(float a) {
+  const float m = fabsf(a);
+  const float c1 = fma_rn(m, 2.0f, 12582912.0f);
+  const float c2 = m + 12582914.0f;
+  const float c3 = fma_rn(m, 0.5f, 12582916.0f);
+  return f2u(fminf(fminf(c1, c2), c3));
+}
+constexpr float kFastMaxProduct = 7.0f;
+constexpr float kFastMinScale = 1.52587890625e-05f;  // 2^-16
+FP4_HD bool rn_fast_ok(float bmax, float e) { return bmax * e < kFastMaxProduct && e >= kFastMinScale; }
+
+// Sign bits: set.lt on a packed pair of 16-bit values read as bf16 gives bf16 1.0 (0x3F80) in each half
+// that is negative and nonzero (the sign bit alone, i.e. -0, is not < 0). For fp16 inputs the same
+// predicate holds for every finite value (NaN and inf blocks take the general path). In a 0x3F80 half the
+// low byte is 0x80 (bit 7) and the high byte 0x3F (bit 3 set): byte moves (prmt) place the flags at bit 3
+// (even element) and bit 7 (odd element) of each output byte.
+FP4_HD uint32_t neg_flags2(uint32_t p) {
+#ifdef __CUDA_ARCH__
+  uint32_t r;
+  asm("set.lt.bf16x2.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(p), "r"(0u));
+  return r;
+#else
+  auto neg = [](uint32_t h) { return (h & 0x8000u) && (h & 0x7fffu) != 0 && (h & 0x7fffu) <= 0x7f80u; };
+  return (neg(p & 0xffffu) ? 0x3f80u : 0u) | (neg(p >> 16) ? 0x3f800000u : 0u);
+#endif
+}
+// Sign bits of 8 consecutive elements held as 4 pairs (element 2j in the low half of p[j]): bit 3 of byte j
+// for element 2j, bit 7 for element 2j + 1 (the nibble layout of the codes).
+FP4_HD uint32_t sign_bits_pairs(uint32_t p0, uint32_t p1, uint32_t p2, uint32_t p3) {
+  const uint32_t a = prmt(neg_flags2(p0), neg_flags2(p1), 0x6251u);  // [lo0 hi-byte, lo1 hi-byte, hi0 lo-byte, hi1 lo-byte]
+  const uint32_t b = prmt(neg_flags2(p2), neg_flags2(p3), 0x6251u);
+  return (prmt(a, b, 0x5410u) & 0x08080808u) | prmt(a, b, 0x7632u);
+}
+// Sign bits of two columns (low / high halves of p[k], k = row) over 8 rows: .x column of the low halves,
+// .y of the high halves, same layout as above with element = row.
+FP4_HD uint2 sign_bits_columns(const uint32_t (&p)[8]) {
+  uint32_t f[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) f[k] = neg_flags2(p[k]);
+  // rows 4h + {0, 2} give bit 3, rows 4h + {1, 3} bit 7: t_h = [lo bytes 0-1, hi bytes 0-1] of rows 4h..4h+3
+  const uint32_t t0 = (prmt(f[0], f[2], 0x7351u) & 0x08080808u) | prmt(f[1], f[3], 0x6240u);
+  const uint32_t t1 = (prmt(f[4], f[6], 0x7351u) & 0x08080808u) | prmt(f[5], f[7], 0x6240u);
+  return make_uint2(prmt(t0, t1, 0x5410u), prmt(t0, t1, 0x7632u));
+}
+
+// 16 values with encode scale e on the fast path; element i to nibble i, sign bits s0 (elements 0-7) and
+// s1 (8-15) from the functions above.
+template <typename XFn>
+FP4_HD uint2 quantize16_rn_fast(XFn xf, float e, uint32_t s0, uint32_t s1) {
+  uint32_t w[2] = {0u, 0u};
+#pragma unroll
+  for (int i = 0; i < 16; ++i) w[i >> 3] += e2m1_rn_mag_fast(xf(i) * e) << (4 * (i & 7));
+  return make_uint2(w[0] - kRnPackBias + s0, w[1] - kRnPackBias + s1);
+}
+
 // 16-point RHT of a chunk, in place: signs, butterfly h = 1, 2, 4, 8 ((a, b) -> (a + b, a - b)),
 // then * 0.25 (fp32). The caller rounds the result to the input dtype.
 // d = [1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1]: bit i of the mask set where d[i] = -1.
@@ -309,7 +388,7 @@ template <>
 struct Tr<__nv_bfloat16> {
   using P = uint32_t;
   using Acc = uint32_t;
-  FP4_HD static float first(P p) { return u2f(p << 16); }
+  FP4_HD static float first(P p) { return u2f(prmt(p, 0u, 0x1044u)); }  // p << 16 as a byte move (ALU pipe)
   FP4_HD static float second(P p) { return u2f(p & 0xffff0000u); }
   FP4_HD static void unpack(P p, float& a, float& b) {
     a = first(p);
@@ -323,6 +402,10 @@ struct Tr<__nv_bfloat16> {
 #else
     c = vmaxu2(c & 0x7fff7fffu, nan_canon16(p & 0x7fff7fffu, 0x7f80u, 0x7fffu));
 #endif
+  }
+  FP4_HD static Acc acc_merge(Acc a, Acc b) {
+    acc_add(a, b);
+    return a;
   }
   FP4_HD static uint32_t first_bits(Acc c) { return (c & 0x7fffu) << 16; }  // fp32 bits of |max|
   FP4_HD static uint32_t second_bits(Acc c) { return c & 0x7fff0000u; }
@@ -366,6 +449,10 @@ struct Tr<__half> {
     c = vmaxu2(c & 0x7fff7fffu, nan_canon16(p & 0x7fff7fffu, 0x7c00u, 0x7fffu));
 #endif
   }
+  FP4_HD static Acc acc_merge(Acc a, Acc b) {
+    acc_add(a, b);
+    return a;
+  }
   FP4_HD static uint32_t first_bits(Acc c) { return f2u(h2f(c & 0x7fffu)); }
   FP4_HD static uint32_t second_bits(Acc c) { return f2u(h2f((c >> 16) & 0x7fffu)); }
   FP4_HD static P round_pair(float a, float b) {
@@ -400,6 +487,7 @@ struct Tr<float> {
     c.x = max_u32(c.x, f2u(p.x) & 0x7fffffffu);
     c.y = max_u32(c.y, f2u(p.y) & 0x7fffffffu);
   }
+  FP4_HD static Acc acc_merge(Acc a, Acc b) { return make_uint2(max_u32(a.x, b.x), max_u32(a.y, b.y)); }
   FP4_HD static uint32_t first_bits(Acc c) { return c.x; }
   FP4_HD static uint32_t second_bits(Acc c) { return c.y; }
   FP4_HD static P round_pair(float a, float b) { return make_float2(a, b); }
@@ -410,6 +498,15 @@ struct Tr<float> {
   }
   FP4_HD static void store1(void* p, float v) { std::memcpy(p, &v, 4); }
 };
+
+// Block max of N pairs with four independent accumulators (a short dependency chain).
+template <typename TT, int N>
+FP4_HD typename TT::Acc acc_of(const typename TT::P (&v)[N]) {
+  typename TT::Acc a[4] = {TT::acc_zero(), TT::acc_zero(), TT::acc_zero(), TT::acc_zero()};
+#pragma unroll
+  for (int k = 0; k < N; ++k) TT::acc_add(a[k & 3], v[k]);
+  return TT::acc_merge(TT::acc_merge(a[0], a[1]), TT::acc_merge(a[2], a[3]));
+}
 
 #ifndef FP4DIST_NO_KERNELS
 
@@ -445,6 +542,9 @@ __device__ __forceinline__ void cp_async_wait() {
 //     tile) and the staged columnwise scales as one 4- or 8-byte store per column.
 // Two barriers per tile: S1 (tile landed, previous tile done: the prefetch of the next tile into the
 // other buffer is issued right after it) and S2 (column stage complete).
+// RN blocks of 16-bit inputs whose products stay below 7 take the fast path (quantize16_rn_fast: 3 FMA-pipe
+// roundings + 2 min per element, sign bits from packed compares); the others (NaN / inf / saturating
+// scales, fp32 inputs, SR) take the general path (quantize16_fn). Both give the same bits.
 // ------------------------------------------------------------------------------------------------
 
 constexpr int kThreads = 256;
@@ -464,19 +564,39 @@ struct CastParams {
   uint32_t key_row, key_col, row_offset;
   uint32_t tiles_x, tiles_y, num_tiles;
   uint32_t group_rows;  // tile order: groups of this many tile rows, column-major inside a group
+  uint32_t group_shift; // log2(group_rows) if a power of two, else 32
 };
 
-// Tile index -> (tile row, tile column). Tiles are visited in groups of G tile rows; inside a group the
-// tile row varies fastest, so the CTAs in flight cover G tile rows x (grid / G) tile columns: longer
-// contiguous runs per column of the columnwise output, shorter ones per row of the input (G = 1:
-// plain row-major order).
-__device__ __forceinline__ void tile_coords(const CastParams& p, uint32_t tile, uint32_t& ty, uint32_t& tx) {
-  const uint32_t per_group = p.group_rows * p.tiles_x;
-  const uint32_t g = tile / per_group, r = tile - g * per_group;
-  const uint32_t first = g * p.group_rows;
-  const uint32_t rows = min(p.group_rows, p.tiles_y - first);
-  tx = r / rows;
-  ty = first + (r - tx * rows);
+// Tile order: tiles are visited in groups of G = group_rows tile rows; inside a group the tile row varies
+// fastest, so the CTAs in flight cover G tile rows x (grid / G) tile columns: longer contiguous runs per
+// column of the columnwise output, shorter ones per row of the input (G = 1: plain row-major order).
+// A CTA walks tiles blockIdx.x, + gridDim.x, ...; the cursor follows the walk with additions only
+// (no division per tile, except by the rows of a last, partial group).
+struct TileCursor {
+  uint32_t g, r;         // group, index of the tile inside the group
+  uint32_t rows_g, size; // tile rows in group g, tiles in group g
+};
+__device__ __forceinline__ void cursor_fix(const CastParams& p, TileCursor& c) {
+  while (c.r >= c.size && c.size > 0) {
+    c.r -= c.size;
+    ++c.g;
+    const uint32_t first = c.g * p.group_rows;
+    c.rows_g = first < p.tiles_y ? min(p.group_rows, p.tiles_y - first) : 0u;
+    c.size = c.rows_g * p.tiles_x;
+  }
+}
+__device__ __forceinline__ TileCursor cursor_at(const CastParams& p, uint32_t tile) {
+  TileCursor c;
+  c.g = 0;
+  c.r = tile;
+  c.rows_g = min(p.group_rows, p.tiles_y);
+  c.size = c.rows_g * p.tiles_x;
+  cursor_fix(p, c);
+  return c;
+}
+__device__ __forceinline__ void cursor_coords(const CastParams& p, const TileCursor& c, uint32_t& ty, uint32_t& tx) {
+  tx = (c.rows_g == p.group_rows && p.group_shift < 32) ? c.r >> p.group_shift : c.r / c.rows_g;
+  ty = c.g * p.group_rows + (c.r - tx * c.rows_g);
 }
 
 // A tile is TM rows x RB bytes of X: TN = RB / sizeof(T) columns.
@@ -501,25 +621,33 @@ struct TileShape {
   static_assert(kNPair % 32 == 0, "a warp's column tasks share one 16-row group");
 };
 
-// Loads tile `tile` into buf: 16-byte cp.async (zero-filled outside X) when vec_ok, else element loads.
+// Loads the tile at (ty, tx) into buf: 16-byte cp.async (zero-filled outside X) when vec_ok, else element
+// loads. A thread's chunks are one 16-byte column of the tile, kRowsPerPass rows apart.
 template <typename T, int TM, int RB>
-__device__ __forceinline__ void load_tile(const CastParams& p, uint8_t* buf, uint32_t tile) {
+__device__ __forceinline__ void load_tile(const CastParams& p, uint8_t* buf, uint32_t ty, uint32_t tx) {
   using S = TileShape<T, TM, RB>;
-  uint32_t ty, tx;
-  tile_coords(p, tile, ty, tx);
   const int r0 = static_cast<int>(ty) * S::kTM, c0 = static_cast<int>(tx) * S::kTN;
   const int rows = min(S::kTM, static_cast<int>(p.m) - r0), cols = min(S::kTN, static_cast<int>(p.n) - c0);
   const T* xt = static_cast<const T*>(p.x) + static_cast<int64_t>(r0) * p.n + c0;
   constexpr int kVec = 16 / sizeof(T);
   if (p.vec_ok) {
+    constexpr int kChunksPerRow = RB / 16, kRowsPerPass = kThreads / kChunksPerRow;
     constexpr int kChunks = S::kTileBytes / 16 / kThreads;
+    static_assert(kThreads % kChunksPerRow == 0, "a pass must cover whole tile rows");
+    const int row = threadIdx.x / kChunksPerRow, cc = threadIdx.x % kChunksPerRow;
+    const char* src = reinterpret_cast<const char*>(xt + static_cast<int64_t>(row) * p.n + cc * kVec);
+    const int64_t step = static_cast<int64_t>(kRowsPerPass) * p.n * static_cast<int64_t>(sizeof(T));
+    uint8_t* dst = buf + row * RB + cc * 16;
+    if (rows == S::kTM && cols == S::kTN) {
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-      const int q = threadIdx.x + i * kThreads;
-      const int row = q / (RB / 16), cc = q % (RB / 16);
-      const bool valid = row < rows && cc * kVec < cols;
-      const T* src = valid ? xt + static_cast<int64_t>(row) * p.n + cc * kVec : xt;
-      cp_async16(buf + row * RB + cc * 16, src, valid);
+      for (int i = 0; i < kChunks; ++i) cp_async16(dst + i * kRowsPerPass * RB, src + i * step, true);
+    } else {
+      const bool col_ok = cc * kVec < cols;
+#pragma unroll
+      for (int i = 0; i < kChunks; ++i) {
+        const bool valid = col_ok && row + i * kRowsPerPass < rows;
+        cp_async16(dst + i * kRowsPerPass * RB, valid ? src + i * step : reinterpret_cast<const char*>(xt), valid);
+      }
     }
   } else {
     for (int q = threadIdx.x; q < S::kTM * S::kTN; q += kThreads) {
@@ -531,10 +659,10 @@ __device__ __forceinline__ void load_tile(const CastParams& p, uint8_t* buf, uin
   }
 }
 
-// Register caps: RN kernels 64 registers (4 CTAs per SM for 64-row tiles; 128-row tiles are limited to 3
-// by shared memory), SR kernels (hashes) 128 (2 CTAs per SM).
+// Register caps: RN kernels 80 registers (3 CTAs per SM, as shared memory allows for 128-row tiles), SR
+// kernels (hashes) 128 (2 CTAs per SM).
 template <bool SR>
-constexpr int cast_min_ctas() { return SR ? 2 : 4; }
+constexpr int cast_min_ctas() { return SR ? 2 : 3; }
 
 template <typename T, bool RHT, bool SR, int TM, int RB>
 __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(const CastParams p) {
@@ -561,39 +689,44 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
   const float* etab_c = etab + 128;
 
   uint32_t tile = blockIdx.x;
-  if (tile < p.num_tiles) load_tile<T, TM, RB>(p, bufs, tile);
+  TileCursor cur = cursor_at(p, tile);
+  uint32_t ty = 0, tx = 0;
+  if (tile < p.num_tiles) {
+    cursor_coords(p, cur, ty, tx);
+    load_tile<T, TM, RB>(p, bufs, ty, tx);
+  }
   cp_async_commit();
 
   for (int it = 0; tile < p.num_tiles; ++it, tile += gridDim.x) {
+    const int r0 = static_cast<int>(ty) * S::kTM, c0 = static_cast<int>(tx) * S::kTN;
     cp_async_wait<0>();
     __syncthreads();  // S1: this tile is in shared memory; every thread is done with the previous tile
     {
-      const uint32_t next = tile + gridDim.x;  // prefetch into the other buffer (free since S1)
-      if (next < p.num_tiles) load_tile<T, TM, RB>(p, bufs + ((it + 1) & 1) * S::kTileBytes, next);
+      cur.r += gridDim.x;  // prefetch the next tile into the other buffer (free since S1)
+      cursor_fix(p, cur);
+      if (tile + gridDim.x < p.num_tiles) {
+        cursor_coords(p, cur, ty, tx);
+        load_tile<T, TM, RB>(p, bufs + ((it + 1) & 1) * S::kTileBytes, ty, tx);
+      }
       cp_async_commit();
     }
 
     const uint8_t* buf = bufs + (it & 1) * S::kTileBytes;
-    uint32_t ty, tx;
-    tile_coords(p, tile, ty, tx);
-    const int r0 = static_cast<int>(ty) * S::kTM, c0 = static_cast<int>(tx) * S::kTN;
     const int rows = min(S::kTM, static_cast<int>(p.m) - r0);  // valid rows / cols of this tile
     const int cols = min(S::kTN, static_cast<int>(p.n) - c0);
 
+
     // ---------------- column phase ----------------
     if (p.do_col || p.block_2d) {
-#pragma unroll 1
+#pragma unroll
       for (int j = 0; j < S::kColTasks; ++j) {
         const int task = tid + j * kThreads;
         const int pp = task % S::kNPair, rb = task / S::kNPair;
         const int cl = 2 * pp, lr = rb * 16;
         P raw[16];
-        typename TT::Acc acc = TT::acc_zero();
 #pragma unroll
-        for (int k = 0; k < 16; ++k) {
-          raw[k] = *reinterpret_cast<const P*>(buf + (lr + k) * RB + cl * sizeof(T));
-          TT::acc_add(acc, raw[k]);
-        }
+        for (int k = 0; k < 16; ++k) raw[k] = *reinterpret_cast<const P*>(buf + (lr + k) * RB + cl * sizeof(T));
+        const typename TT::Acc acc = acc_of<TT>(raw);
         if (p.block_2d) {
           // max over the 16x16 tile = 8 lanes (16 columns) x this thread's 16 rows
           uint32_t t = max_u32(TT::first_bits(acc), TT::second_bits(acc));
@@ -611,12 +744,9 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
             for (int k = 0; k < 16; ++k) TT::unpack(raw[k], a[k], b[k]);
             rht16(a);
             rht16(b);
-            typename TT::Acc racc = TT::acc_zero();
 #pragma unroll
-            for (int k = 0; k < 16; ++k) {
-              raw[k] = TT::round_pair(a[k], b[k]);
-              TT::acc_add(racc, raw[k]);
-            }
+            for (int k = 0; k < 16; ++k) raw[k] = TT::round_pair(a[k], b[k]);
+            const typename TT::Acc racc = acc_of<TT>(raw);
             bits_a = TT::first_bits(racc);
             bits_b = TT::second_bits(racc);
           }
@@ -637,10 +767,27 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
             for (int k = 0; k < 16; ++k) hrow[k] = mix32(p.key_col ^ (grow + k));
           }
           const uint32_t ca = static_cast<uint32_t>(c0 + cl), cb = ca + 1;
-          const uint2 qa = quantize16_fn<SR>([&](int k) { return TT::first(raw[k]); }, ea,
-                                             [&](int k) { return mix32(hrow[k] ^ ca); });
-          const uint2 qb = quantize16_fn<SR>([&](int k) { return TT::second(raw[k]); }, eb,
-                                             [&](int k) { return mix32(hrow[k] ^ cb); });
+          uint2 qa, qb;
+          bool fast = false;
+          if constexpr (!SR && sizeof(T) == 2) fast = rn_fast_ok(u2f(bits_a), ea) && rn_fast_ok(u2f(bits_b), eb);
+          if (fast) {
+            if constexpr (!SR && sizeof(T) == 2) {
+              uint32_t top[8], bottom[8];
+#pragma unroll
+              for (int k = 0; k < 8; ++k) {
+                top[k] = raw[k];
+                bottom[k] = raw[k + 8];
+              }
+              const uint2 sg_top = sign_bits_columns(top), sg_bottom = sign_bits_columns(bottom);
+              qa = quantize16_rn_fast([&](int k) { return TT::first(raw[k]); }, ea, sg_top.x, sg_bottom.x);
+              qb = quantize16_rn_fast([&](int k) { return TT::second(raw[k]); }, eb, sg_top.y, sg_bottom.y);
+            }
+          } else {
+            qa = quantize16_fn<SR>([&](int k) { return TT::first(raw[k]); }, ea,
+                                   [&](int k) { return mix32(hrow[k] ^ ca); });
+            qb = quantize16_fn<SR>([&](int k) { return TT::second(raw[k]); }, eb,
+                                   [&](int k) { return mix32(hrow[k] ^ cb); });
+          }
           col_stage[rb * S::kNPair + pp] = make_uint4(qa.x, qa.y, qb.x, qb.y);
           col_sstage[cl * S::kNRB + rb] = sa;
           col_sstage[(cl + 1) * S::kNRB + rb] = sb;
@@ -651,72 +798,91 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
 
     // ---------------- row phase: codes and scales straight to global memory ----------------
     if (p.do_row) {
+      // A thread's row blocks share one column block (blk) and are kRowStep rows apart.
+      constexpr int kRowStep = kThreads / S::kBPR;
+      const int blk = tid % S::kBPR, row0 = tid / S::kBPR;
       const int64_t rstride = p.n / 2, sstride = p.n / 16;
-      uint8_t* rd_t = p.rd + static_cast<int64_t>(r0) * rstride + c0 / 2;
-      uint8_t* rs_t = p.rs + static_cast<int64_t>(r0) * sstride + c0 / 16;
-#pragma unroll 1
-      for (int j = 0; j < S::kRowTasks; ++j) {
-        const int bidx = tid + j * kThreads;
-        const int row = bidx / S::kBPR, blk = bidx % S::kBPR;
-        if (row < rows && blk * 16 < cols) {
-          P v[8];
-          typename TT::Acc acc = TT::acc_zero();
-          const P* src = reinterpret_cast<const P*>(buf + row * RB + blk * 16 * sizeof(T));
+      uint8_t* rd_p = p.rd + static_cast<int64_t>(r0 + row0) * rstride + c0 / 2 + blk * 8;
+      uint8_t* rs_p = p.rs + static_cast<int64_t>(r0 + row0) * sstride + c0 / 16 + blk;
+      const P* src = reinterpret_cast<const P*>(buf + row0 * RB + blk * 16 * sizeof(T));
+      const bool blk_ok = blk * 16 < cols;
+#pragma unroll 2
+      for (int row = row0; row < rows && blk_ok;
+           row += kRowStep, rd_p += kRowStep * rstride, rs_p += kRowStep * sstride, src += kRowStep * RB / sizeof(P)) {
+        P v[8];
 #pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            v[q] = src[q];
-            TT::acc_add(acc, v[q]);
+        for (int q = 0; q < 8; ++q) v[q] = src[q];
+        const typename TT::Acc acc = acc_of<TT>(v);
+        const uint32_t bits = p.block_2d ? tamax[(row / 16) * S::kBPR + blk]
+                                         : max_u32(TT::first_bits(acc), TT::second_bits(acc));
+        const uint8_t s = e4m3_satfinite(u2f(bits) * k_row);
+        const float e = etab_r[s & 127];
+        const auto elem = [&](int i) { return (i & 1) ? TT::second(v[i >> 1]) : TT::first(v[i >> 1]); };
+        uint2 q;
+        bool fast = false;
+        if constexpr (!SR && sizeof(T) == 2) fast = rn_fast_ok(u2f(bits), e);
+        if (fast) {
+          if constexpr (!SR && sizeof(T) == 2) {
+            q = quantize16_rn_fast(elem, e, sign_bits_pairs(v[0], v[1], v[2], v[3]),
+                                   sign_bits_pairs(v[4], v[5], v[6], v[7]));
           }
-          const uint32_t bits = p.block_2d ? tamax[(row / 16) * S::kBPR + blk]
-                                           : max_u32(TT::first_bits(acc), TT::second_bits(acc));
-          const uint8_t s = e4m3_satfinite(u2f(bits) * k_row);
-          const float e = etab_r[s & 127];
+        } else {
           uint32_t hr = 0;
           if constexpr (SR) hr = mix32(p.key_row ^ (p.row_offset + static_cast<uint32_t>(r0 + row)));
           const uint32_t cbase = static_cast<uint32_t>(c0 + blk * 16);
-          const uint2 q = quantize16_fn<SR>(
-              [&](int i) { return (i & 1) ? TT::second(v[i >> 1]) : TT::first(v[i >> 1]); }, e,
-              [&](int i) { return mix32(hr ^ (cbase + i)); });
-          *reinterpret_cast<uint2*>(rd_t + static_cast<int64_t>(row) * rstride + blk * 8) = q;
-          rs_t[static_cast<int64_t>(row) * sstride + blk] = s;
+          q = quantize16_fn<SR>(elem, e, [&](int i) { return mix32(hr ^ (cbase + i)); });
         }
+        *reinterpret_cast<uint2*>(rd_p) = q;
+        *rs_p = s;
       }
     }
 
     // ---------------- columnwise write-out from the stage ----------------
+    // A thread moves 16-byte chunks (32 rows of one column: h = chunk % kCPC) kThreads / kCPC columns apart.
     if (p.do_col) {
       const int64_t cstride = p.m / 2;
-      uint8_t* cd_t = p.cd + static_cast<int64_t>(c0) * cstride + r0 / 2;
-      const uint2* st = reinterpret_cast<const uint2*>(col_stage);
+      constexpr int kColStep = kThreads / S::kCPC;
+      const int col0 = tid / S::kCPC, h = tid % S::kCPC;
+      uint8_t* dst = p.cd + static_cast<int64_t>(c0 + col0) * cstride + r0 / 2 + 16 * h;
+      const uint2* st = reinterpret_cast<const uint2*>(col_stage) + ((2 * h) * S::kNPair + col0 / 2) * 2 + (col0 & 1);
+      constexpr int kPartStride = S::kNPair * 2;  // uint2 entries between 16-row groups 2h and 2h + 1
+      static_assert(kColStep % 2 == 0, "a thread's columns keep their parity");
+      if (rows == S::kTM && cols == S::kTN && p.col_data_vec) {
 #pragma unroll
-      for (int j = 0; j < S::kColChunks; ++j) {
-        const int chunk = tid + j * kThreads;
-        const int col = chunk / S::kCPC, h = chunk % S::kCPC;
-        if (col < cols && 32 * h < rows) {
-          const uint2 part0 = st[((2 * h) * S::kNPair + col / 2) * 2 + (col & 1)];
-          uint8_t* dst = cd_t + static_cast<int64_t>(col) * cstride + 16 * h;
-          if (32 * h + 16 < rows) {
-            const uint2 part1 = st[((2 * h + 1) * S::kNPair + col / 2) * 2 + (col & 1)];
-            if (p.col_data_vec) {
-              *reinterpret_cast<uint4*>(dst) = make_uint4(part0.x, part0.y, part1.x, part1.y);
+        for (int j = 0; j < S::kColChunks; ++j) {
+          const uint2 part0 = st[j * kColStep], part1 = st[j * kColStep + kPartStride];
+          *reinterpret_cast<uint4*>(dst + j * kColStep * cstride) = make_uint4(part0.x, part0.y, part1.x, part1.y);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < S::kColChunks; ++j) {
+          const int col = col0 + j * kColStep;
+          if (col < cols && 32 * h < rows) {
+            const uint2 part0 = st[j * kColStep];
+            uint8_t* d = dst + j * kColStep * cstride;
+            if (32 * h + 16 < rows) {
+              const uint2 part1 = st[j * kColStep + kPartStride];
+              if (p.col_data_vec) {
+                *reinterpret_cast<uint4*>(d) = make_uint4(part0.x, part0.y, part1.x, part1.y);
+              } else {
+                reinterpret_cast<uint2*>(d)[0] = part0;
+                reinterpret_cast<uint2*>(d)[1] = part1;
+              }
             } else {
-              reinterpret_cast<uint2*>(dst)[0] = part0;
-              reinterpret_cast<uint2*>(dst)[1] = part1;
+              *reinterpret_cast<uint2*>(d) = part0;
             }
-          } else {
-            *reinterpret_cast<uint2*>(dst) = part0;
           }
         }
       }
       if (tid < cols) {
         const uint8_t* ss = col_sstage + tid * S::kNRB;
-        uint8_t* dst = p.cs + static_cast<int64_t>(c0 + tid) * (p.m / 16) + r0 / 16;
+        uint8_t* sdst = p.cs + static_cast<int64_t>(c0 + tid) * (p.m / 16) + r0 / 16;
         if (p.col_scale_vec) {
 #pragma unroll
           for (int q = 0; q < S::kNRB / 4; ++q)
-            reinterpret_cast<uint32_t*>(dst)[q] = reinterpret_cast<const uint32_t*>(ss)[q];
+            reinterpret_cast<uint32_t*>(sdst)[q] = reinterpret_cast<const uint32_t*>(ss)[q];
         } else {
-          for (int rb = 0; rb < S::kNRB && 16 * rb < rows; ++rb) dst[rb] = ss[rb];
+          for (int rb = 0; rb < S::kNRB && 16 * rb < rows; ++rb) sdst[rb] = ss[rb];
         }
       }
     }
@@ -968,6 +1134,9 @@ cudaError_t launch_cast_t(const CastParams& p0, cudaStream_t stream) {
   p.tiles_y = static_cast<uint32_t>(tiles_y);
   p.num_tiles = static_cast<uint32_t>(num_tiles);
   if (p.group_rows < 1) p.group_rows = 1;
+  p.group_shift = 32;
+  for (uint32_t k = 0; k < 32; ++k)
+    if (p.group_rows == (1u << k)) p.group_shift = k;
   p.col_scale_vec = p.do_col && (p.m % S::kTM == 0) && (reinterpret_cast<uintptr_t>(p.cs) % 4 == 0);
   p.col_data_vec = p.do_col && (p.m % 32 == 0) && (reinterpret_cast<uintptr_t>(p.cd) % 16 == 0);
   auto kern = cast_kernel<T, RHT, SR, TM, RB>;
@@ -1000,7 +1169,7 @@ cudaError_t launch_cast_k(const CastParams& p, bool rht, bool sr, cudaStream_t s
 
 // variant = shape + 10 * G. Tile shapes for 16-bit inputs (rows x columns): 1: 64 x 128, 2: 128 x 128,
 // 3: 256 x 64 (columnwise output in whole 128-byte lines per column and tile); fp32 inputs always use
-// 128 x 64. G: tile rows per group of the tile order (see tile_coords; 0 or 1: row-major).
+// 128 x 64. G: tile rows per group of the tile order (see TileCursor; 0 or 1: row-major).
 template <typename T>
 cudaError_t launch_cast_dtype(CastParams p, bool rht, bool sr, int variant, cudaStream_t stream) {
   const uintptr_t xa = reinterpret_cast<uintptr_t>(p.x);

@@ -1,0 +1,56 @@
+"""Diagnose the cast kernel: time it per layout (rowwise only, columnwise only, both) and optionally run it
+once more for a profiler (Nsight Compute: ``ncu --launch-skip K --launch-count 1 python ... --profile``).
+
+    python benchmarks/profile_cast.py [--size 16384] [--mode 1d|rht|2d] [--profile]
+
+Bytes counted as in bench_kernels.py: the input read once + the requested outputs written once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_kernels import bench, copy_bandwidth  # noqa: E402
+from fp4dist.backends import cuda as K  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=16384)
+    ap.add_argument("--mode", choices=["1d", "rht", "2d"], default="1d")
+    ap.add_argument("--profile", action="store_true", help="one warm-up cast, then one cast (both layouts) to profile")
+    args = ap.parse_args()
+    s = args.size
+    x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16) * torch.exp(
+        torch.randn(s, 1, device="cuda") * 2).to(torch.bfloat16)
+    rht, block_2d = args.mode == "rht", args.mode == "2d"
+    amax = K.compute_amax(x, rht=rht)
+
+    def cast(row, col):
+        return K.cast(x, amax, rowwise=row, columnwise=col, block_2d=block_2d, rht=rht, stochastic_rounding=False,
+                      seed=0, rng_offset=0, row_offset=0)
+
+    if args.profile:
+        cast(True, True)
+        torch.cuda.synchronize()
+        cast(True, True)
+        torch.cuda.synchronize()
+        return
+    copy = copy_bandwidth()
+    layout_bytes = s * s // 2 + s * s // 16
+    for name, row, col in (("rowwise", True, False), ("columnwise", False, True), ("both", True, True)):
+        t = bench(lambda: cast(row, col))
+        nbytes = 2 * s * s + layout_bytes * (row + col)
+        gbs = nbytes / (t * 1e-6) / 1e9
+        print(f"{args.mode} {s}x{s} {name:10s} {t:8.1f} us {gbs:6.0f} GB/s {100 * gbs / copy:5.1f}% of copy ({copy:.0f})")
+
+
+if __name__ == "__main__":
+    main()
