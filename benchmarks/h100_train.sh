@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The larger training comparison on one GPU: model=small (25M params, seq 512), one process (TP=1),
-# STEPS steps per run on DATA (default data.source=stdlib: ~30 MB, so a few thousand steps of 8192
-# tokens see each byte about once; the 0.75 MB default corpus is memorized within 1000 steps). RUNS picks the runs (default: "nvfp4 nvfp4_last_bf16 bf16"):
+# The larger training comparison on one GPU, one process (TP=1): MODEL (default small: 25M params,
+# seq 512; medium: 101M), LR (default 2e-3), STEPS steps per run on DATA (default data.source=stdlib:
+# ~30 MB, so a few thousand steps of 8192 tokens see each byte about once; the 0.75 MB default corpus
+# is memorized within 1000 steps). RUNS picks the runs (default: "nvfp4 nvfp4_last_bf16 bf16"):
 #   nvfp4           every transformer block NVFP4
 #   nvfp4_last_bf16 the last block in bf16 (as the NVFP4 paper keeps its final layers in BF16)
 #   bf16            the baseline
 # Metrics go to $OUT/h100_<run>/metrics.jsonl, full logs to $OUT/h100_<run>.log.
 set -uo pipefail
 OUT="${OUT:-device_out}"; STEPS="${STEPS:-2000}"; DATA="${DATA:-data.source=stdlib}"
+MODEL="${MODEL:-small}"; LR="${LR:-2e-3}"
 export PYTHONUNBUFFERED=1 FP4DIST_BUILD_DIR="${FP4DIST_BUILD_DIR:-/tmp/fp4dist_build}"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -20,9 +22,9 @@ for run in ${RUNS:-nvfp4 nvfp4_last_bf16 bf16}; do
         bf16) overrides=(recipe=bf16) ;;
         *) echo "unknown run $run"; exit 2 ;;
     esac
-    NPROC=1 MAX_RESTARTS=0 timeout "${RUN_TIMEOUT:-240}" bash launch/train.sh model=small "${overrides[@]}" $DATA \
+    NPROC=1 MAX_RESTARTS=0 timeout "${RUN_TIMEOUT:-240}" bash launch/train.sh model="$MODEL" "${overrides[@]}" $DATA \
         train.steps="$STEPS" train.batch_size=16 train.log_interval=10 train.eval_interval=100 train.eval_batches=32 \
-        optim.lr=2e-3 optim.warmup_steps=60 output_dir="$OUT/h100_$run" checkpoint.dir="/tmp/ckpt_$run" \
+        optim.lr="$LR" optim.warmup_steps=60 output_dir="$OUT/h100_$run" checkpoint.dir="/tmp/ckpt_$run" \
         checkpoint.interval=100000 2>&1 | grep -v Warning > "$OUT/h100_$run.log"
     rm -f "$OUT/h100_$run/summary.json"  # its numbers are in the log; keeps the files that come back few
     grep -E "step +[0-9]+00/|done|Error" "$OUT/h100_$run.log"
