@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -403,10 +404,6 @@ struct Tr<__nv_bfloat16> {
     c = vmaxu2(c & 0x7fff7fffu, nan_canon16(p & 0x7fff7fffu, 0x7f80u, 0x7fffu));
 #endif
   }
-  FP4_HD static Acc acc_merge(Acc a, Acc b) {
-    acc_add(a, b);
-    return a;
-  }
   FP4_HD static uint32_t first_bits(Acc c) { return (c & 0x7fffu) << 16; }  // fp32 bits of |max|
   FP4_HD static uint32_t second_bits(Acc c) { return c & 0x7fff0000u; }
   FP4_HD static P round_pair(float a, float b) {  // RNE to bf16, packed (a low)
@@ -449,10 +446,6 @@ struct Tr<__half> {
     c = vmaxu2(c & 0x7fff7fffu, nan_canon16(p & 0x7fff7fffu, 0x7c00u, 0x7fffu));
 #endif
   }
-  FP4_HD static Acc acc_merge(Acc a, Acc b) {
-    acc_add(a, b);
-    return a;
-  }
   FP4_HD static uint32_t first_bits(Acc c) { return f2u(h2f(c & 0x7fffu)); }
   FP4_HD static uint32_t second_bits(Acc c) { return f2u(h2f((c >> 16) & 0x7fffu)); }
   FP4_HD static P round_pair(float a, float b) {
@@ -487,7 +480,6 @@ struct Tr<float> {
     c.x = max_u32(c.x, f2u(p.x) & 0x7fffffffu);
     c.y = max_u32(c.y, f2u(p.y) & 0x7fffffffu);
   }
-  FP4_HD static Acc acc_merge(Acc a, Acc b) { return make_uint2(max_u32(a.x, b.x), max_u32(a.y, b.y)); }
   FP4_HD static uint32_t first_bits(Acc c) { return c.x; }
   FP4_HD static uint32_t second_bits(Acc c) { return c.y; }
   FP4_HD static P round_pair(float a, float b) { return make_float2(a, b); }
@@ -499,13 +491,25 @@ struct Tr<float> {
   FP4_HD static void store1(void* p, float v) { std::memcpy(p, &v, 4); }
 };
 
+// Max of two accumulators. A 16-bit accumulator is itself a packed pair, so it merges like a pair; the fp32
+// one holds magnitude bits per column.
+template <typename TT>
+FP4_HD typename TT::Acc acc_merge(typename TT::Acc a, typename TT::Acc b) {
+  if constexpr (std::is_same<typename TT::Acc, typename TT::P>::value) {
+    TT::acc_add(a, b);
+  } else {
+    a = make_uint2(max_u32(a.x, b.x), max_u32(a.y, b.y));
+  }
+  return a;
+}
+
 // Block max of N pairs with four independent accumulators (a short dependency chain).
 template <typename TT, int N>
 FP4_HD typename TT::Acc acc_of(const typename TT::P (&v)[N]) {
   typename TT::Acc a[4] = {TT::acc_zero(), TT::acc_zero(), TT::acc_zero(), TT::acc_zero()};
 #pragma unroll
   for (int k = 0; k < N; ++k) TT::acc_add(a[k & 3], v[k]);
-  return TT::acc_merge(TT::acc_merge(a[0], a[1]), TT::acc_merge(a[2], a[3]));
+  return acc_merge<TT>(acc_merge<TT>(a[0], a[1]), acc_merge<TT>(a[2], a[3]));
 }
 
 #ifndef FP4DIST_NO_KERNELS
