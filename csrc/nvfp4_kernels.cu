@@ -391,10 +391,6 @@ struct Tr<__nv_bfloat16> {
   using Acc = uint32_t;
   FP4_HD static float first(P p) { return u2f(prmt(p, 0u, 0x1044u)); }  // p << 16 as a byte move (ALU pipe)
   FP4_HD static float second(P p) { return u2f(p & 0xffff0000u); }
-  FP4_HD static void unpack(P p, float& a, float& b) {
-    a = first(p);
-    b = second(p);
-  }
   FP4_HD static Acc acc_zero() { return 0u; }
   FP4_HD static void acc_add(Acc& c, P p) {
 #ifdef __CUDA_ARCH__
@@ -434,10 +430,6 @@ struct Tr<__half> {
   }
   FP4_HD static float first(P p) { return h2f(p & 0xffffu); }
   FP4_HD static float second(P p) { return h2f(p >> 16); }
-  FP4_HD static void unpack(P p, float& a, float& b) {
-    a = first(p);
-    b = second(p);
-  }
   FP4_HD static Acc acc_zero() { return 0u; }
   FP4_HD static void acc_add(Acc& c, P p) {
 #ifdef __CUDA_ARCH__
@@ -471,10 +463,6 @@ struct Tr<float> {
   using Acc = uint2;
   FP4_HD static float first(P p) { return p.x; }
   FP4_HD static float second(P p) { return p.y; }
-  FP4_HD static void unpack(P p, float& a, float& b) {
-    a = p.x;
-    b = p.y;
-  }
   FP4_HD static Acc acc_zero() { return make_uint2(0u, 0u); }
   FP4_HD static void acc_add(Acc& c, P p) {
     c.x = max_u32(c.x, f2u(p.x) & 0x7fffffffu);
@@ -745,7 +733,10 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
             // raw[k] becomes the RHT'd pair, rounded to T (one rounding from fp32)
             float a[16], b[16];
 #pragma unroll
-            for (int k = 0; k < 16; ++k) TT::unpack(raw[k], a[k], b[k]);
+            for (int k = 0; k < 16; ++k) {
+              a[k] = TT::first(raw[k]);
+              b[k] = TT::second(raw[k]);
+            }
             rht16(a);
             rht16(b);
 #pragma unroll
@@ -985,7 +976,8 @@ __global__ void __launch_bounds__(256) amax_rht_kernel(const T* x, int64_t m, in
 #pragma unroll
         for (int k = 0; k < 16; ++k) {
           const P v = reinterpret_cast<const P*>(&raw[k])[q];
-          TT::unpack(v, a[k], b[k]);
+          a[k] = TT::first(v);
+          b[k] = TT::second(v);
           TT::acc_add(racc, v);
         }
         rht16(a);
