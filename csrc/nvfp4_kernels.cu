@@ -174,7 +174,7 @@ FP4_HD E2M1Grid e2m1_grid(float m) {
 }
 
 // format.round_to_e2m1 of clamp(v, -6, 6): RNE to the E2M1 grid, sign bit iff v < 0, NaN -> 0.
-// Not used by the kernels (they use e2m1_rn_fma below); kept as the plain form for host-side checks.
+// Not used by the kernels (they use e2m1_rn_fma / e2m1_rn_mag_fast); the reference of tests/host/fast_rn_check.cu.
 FP4_HD uint32_t e2m1_rn(float v) {
   float m = e2m1_mag(v);
   E2M1Grid g = e2m1_grid(m);
@@ -278,11 +278,6 @@ FP4_HD uint2 quantize16_fn(XFn xf, float e, WordFn word) {
     w[1] -= kRnPackBias;
   }
   return make_uint2(w[0], w[1]);
-}
-
-template <bool SR, typename WordFn>
-FP4_HD uint2 quantize16(const float (&x)[16], float e, WordFn word) {
-  return quantize16_fn<SR>([&](int i) { return x[i]; }, e, word);
 }
 
 // ---- Fast RN path for blocks of 16-bit inputs ------------------------------------------------------
