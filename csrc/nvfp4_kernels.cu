@@ -608,6 +608,107 @@ struct TileShape {
   static_assert(kNPair % 32 == 0, "a warp's column tasks share one 16-row group");
 };
 
+// ---- Per-block work shared by the cast kernels ----------------------------------------------------------
+
+// Columnwise task: columns ca, ca + 1 over 16 rows (grow = global row of the first, before row_offset), held as
+// 16 packed pairs raw[k] (row k). With 16x16 tiles the tile max (8 lanes = 16 columns) goes to *tile_max
+// (written by the first lane of each 8); with do_col the two blocks are quantized (RHT first if asked):
+// codes = (column ca: 16 nibbles, column ca + 1: 16 nibbles), scales = scale byte of ca | (of ca + 1) << 8.
+template <typename T, bool RHT, bool SR>
+__device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>::P (&raw)[16], float k_col,
+                                            const float* etab_c, uint32_t grow, uint32_t ca, int lane,
+                                            uint32_t* tile_max, uint4& codes, uint16_t& scales) {
+  using TT = Tr<T>;
+  const typename TT::Acc acc = acc_of<TT>(raw);
+  if (p.block_2d) {
+    uint32_t t = max_u32(TT::first_bits(acc), TT::second_bits(acc));
+    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 1));
+    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 2));
+    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
+    if ((lane & 7) == 0) *tile_max = t;
+  }
+  if (!p.do_col) return;
+  uint32_t bits_a = TT::first_bits(acc), bits_b = TT::second_bits(acc);
+  if constexpr (RHT) {
+    // raw[k] becomes the RHT'd pair, rounded to T (one rounding from fp32)
+    float a[16], b[16];
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      a[k] = TT::first(raw[k]);
+      b[k] = TT::second(raw[k]);
+    }
+    rht16(a);
+    rht16(b);
+#pragma unroll
+    for (int k = 0; k < 16; ++k) raw[k] = TT::round_pair(a[k], b[k]);
+    const typename TT::Acc racc = acc_of<TT>(raw);
+    bits_a = TT::first_bits(racc);
+    bits_b = TT::second_bits(racc);
+  }
+  if (p.block_2d) {
+    uint32_t t = max_u32(bits_a, bits_b);
+    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 1));
+    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 2));
+    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
+    bits_a = bits_b = t;
+  }
+  const uint16_t s2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);
+  const uint8_t sa = static_cast<uint8_t>(s2 & 0xffu), sb = static_cast<uint8_t>(s2 >> 8);
+  const float ea = etab_c[sa & 127], eb = etab_c[sb & 127];
+  uint32_t hrow[16] = {};
+  if constexpr (SR) {
+#pragma unroll
+    for (int k = 0; k < 16; ++k) hrow[k] = mix32(p.key_col ^ (p.row_offset + grow + k));
+  }
+  const uint32_t cb = ca + 1;
+  uint2 qa, qb;
+  bool fast = false;
+  if constexpr (!SR && sizeof(T) == 2) fast = rn_fast_ok(u2f(bits_a), ea) && rn_fast_ok(u2f(bits_b), eb);
+  if (fast) {
+    if constexpr (!SR && sizeof(T) == 2) {
+      uint32_t top[8], bottom[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        top[k] = raw[k];
+        bottom[k] = raw[k + 8];
+      }
+      const uint2 sg_top = sign_bits_columns(top), sg_bottom = sign_bits_columns(bottom);
+      qa = quantize16_rn_fast([&](int k) { return TT::first(raw[k]); }, ea, sg_top.x, sg_bottom.x);
+      qb = quantize16_rn_fast([&](int k) { return TT::second(raw[k]); }, eb, sg_top.y, sg_bottom.y);
+    }
+  } else {
+    qa = quantize16_fn<SR>([&](int k) { return TT::first(raw[k]); }, ea, [&](int k) { return mix32(hrow[k] ^ ca); });
+    qb = quantize16_fn<SR>([&](int k) { return TT::second(raw[k]); }, eb, [&](int k) { return mix32(hrow[k] ^ cb); });
+  }
+  codes = make_uint4(qa.x, qa.y, qb.x, qb.y);
+  scales = s2;
+}
+
+// Rowwise block: 16 consecutive elements v (8 packed pairs) of global row grow (before row_offset) starting at
+// column cbase. bits_2d: the 16x16 tile max (fp32 magnitude bits) when p.block_2d. Returns the 16 nibbles,
+// the scale byte in s.
+template <typename T, bool SR>
+__device__ __forceinline__ uint2 row_block(const CastParams& p, const typename Tr<T>::P (&v)[8], uint32_t bits_2d,
+                                           float k_row, const float* etab_r, uint32_t grow, uint32_t cbase,
+                                           uint8_t& s) {
+  using TT = Tr<T>;
+  const typename TT::Acc acc = acc_of<TT>(v);
+  const uint32_t bits = p.block_2d ? bits_2d : max_u32(TT::first_bits(acc), TT::second_bits(acc));
+  s = e4m3_satfinite(u2f(bits) * k_row);
+  const float e = etab_r[s & 127];
+  const auto elem = [&](int i) { return (i & 1) ? TT::second(v[i >> 1]) : TT::first(v[i >> 1]); };
+  bool fast = false;
+  if constexpr (!SR && sizeof(T) == 2) fast = rn_fast_ok(u2f(bits), e);
+  if (fast) {
+    if constexpr (!SR && sizeof(T) == 2) {
+      return quantize16_rn_fast(elem, e, sign_bits_pairs(v[0], v[1], v[2], v[3]), sign_bits_pairs(v[4], v[5], v[6], v[7]));
+    }
+  }
+  uint32_t hr = 0;
+  if constexpr (SR) hr = mix32(p.key_row ^ (p.row_offset + grow));
+  return quantize16_fn<SR>(elem, e, [&](int i) { return mix32(hr ^ (cbase + i)); });
+}
+
 // Loads the tile at (ty, tx) into buf: 16-byte cp.async (zero-filled outside X) when vec_ok, else element
 // loads. A thread's chunks are one 16-byte column of the tile, kRowsPerPass rows apart.
 template <typename T, int TM, int RB>
@@ -713,74 +814,14 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
         P raw[16];
 #pragma unroll
         for (int k = 0; k < 16; ++k) raw[k] = *reinterpret_cast<const P*>(buf + (lr + k) * RB + cl * sizeof(T));
-        const typename TT::Acc acc = acc_of<TT>(raw);
-        if (p.block_2d) {
-          // max over the 16x16 tile = 8 lanes (16 columns) x this thread's 16 rows
-          uint32_t t = max_u32(TT::first_bits(acc), TT::second_bits(acc));
-          t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 1));
-          t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 2));
-          t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
-          if ((lane & 7) == 0) tamax[rb * S::kBPR + pp / 8] = t;
-        }
+        uint4 codes;
+        uint16_t scales;
+        column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + lr), static_cast<uint32_t>(c0 + cl),
+                                lane, tamax + rb * S::kBPR + pp / 8, codes, scales);
         if (p.do_col) {
-          uint32_t bits_a = TT::first_bits(acc), bits_b = TT::second_bits(acc);
-          if constexpr (RHT) {
-            // raw[k] becomes the RHT'd pair, rounded to T (one rounding from fp32)
-            float a[16], b[16];
-#pragma unroll
-            for (int k = 0; k < 16; ++k) {
-              a[k] = TT::first(raw[k]);
-              b[k] = TT::second(raw[k]);
-            }
-            rht16(a);
-            rht16(b);
-#pragma unroll
-            for (int k = 0; k < 16; ++k) raw[k] = TT::round_pair(a[k], b[k]);
-            const typename TT::Acc racc = acc_of<TT>(raw);
-            bits_a = TT::first_bits(racc);
-            bits_b = TT::second_bits(racc);
-          }
-          if (p.block_2d) {
-            uint32_t t = max_u32(bits_a, bits_b);
-            t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 1));
-            t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 2));
-            t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
-            bits_a = bits_b = t;
-          }
-          const uint16_t s2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);
-          const uint8_t sa = static_cast<uint8_t>(s2 & 0xffu), sb = static_cast<uint8_t>(s2 >> 8);
-          const float ea = etab_c[sa & 127], eb = etab_c[sb & 127];
-          uint32_t hrow[16] = {};
-          if constexpr (SR) {
-            const uint32_t grow = p.row_offset + static_cast<uint32_t>(r0 + lr);
-#pragma unroll
-            for (int k = 0; k < 16; ++k) hrow[k] = mix32(p.key_col ^ (grow + k));
-          }
-          const uint32_t ca = static_cast<uint32_t>(c0 + cl), cb = ca + 1;
-          uint2 qa, qb;
-          bool fast = false;
-          if constexpr (!SR && sizeof(T) == 2) fast = rn_fast_ok(u2f(bits_a), ea) && rn_fast_ok(u2f(bits_b), eb);
-          if (fast) {
-            if constexpr (!SR && sizeof(T) == 2) {
-              uint32_t top[8], bottom[8];
-#pragma unroll
-              for (int k = 0; k < 8; ++k) {
-                top[k] = raw[k];
-                bottom[k] = raw[k + 8];
-              }
-              const uint2 sg_top = sign_bits_columns(top), sg_bottom = sign_bits_columns(bottom);
-              qa = quantize16_rn_fast([&](int k) { return TT::first(raw[k]); }, ea, sg_top.x, sg_bottom.x);
-              qb = quantize16_rn_fast([&](int k) { return TT::second(raw[k]); }, eb, sg_top.y, sg_bottom.y);
-            }
-          } else {
-            qa = quantize16_fn<SR>([&](int k) { return TT::first(raw[k]); }, ea,
-                                   [&](int k) { return mix32(hrow[k] ^ ca); });
-            qb = quantize16_fn<SR>([&](int k) { return TT::second(raw[k]); }, eb,
-                                   [&](int k) { return mix32(hrow[k] ^ cb); });
-          }
-          col_stage[rb * S::kNPair + pp] = make_uint4(qa.x, qa.y, qb.x, qb.y);
-          col_sstage[cl * S::kNRB + rb] = sa;
-          col_sstage[(cl + 1) * S::kNRB + rb] = sb;
+          col_stage[rb * S::kNPair + pp] = codes;
+          col_sstage[cl * S::kNRB + rb] = static_cast<uint8_t>(scales);
+          col_sstage[(cl + 1) * S::kNRB + rb] = static_cast<uint8_t>(scales >> 8);
         }
       }
     }
@@ -802,26 +843,9 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
         P v[8];
 #pragma unroll
         for (int q = 0; q < 8; ++q) v[q] = src[q];
-        const typename TT::Acc acc = acc_of<TT>(v);
-        const uint32_t bits = p.block_2d ? tamax[(row / 16) * S::kBPR + blk]
-                                         : max_u32(TT::first_bits(acc), TT::second_bits(acc));
-        const uint8_t s = e4m3_satfinite(u2f(bits) * k_row);
-        const float e = etab_r[s & 127];
-        const auto elem = [&](int i) { return (i & 1) ? TT::second(v[i >> 1]) : TT::first(v[i >> 1]); };
-        uint2 q;
-        bool fast = false;
-        if constexpr (!SR && sizeof(T) == 2) fast = rn_fast_ok(u2f(bits), e);
-        if (fast) {
-          if constexpr (!SR && sizeof(T) == 2) {
-            q = quantize16_rn_fast(elem, e, sign_bits_pairs(v[0], v[1], v[2], v[3]),
-                                   sign_bits_pairs(v[4], v[5], v[6], v[7]));
-          }
-        } else {
-          uint32_t hr = 0;
-          if constexpr (SR) hr = mix32(p.key_row ^ (p.row_offset + static_cast<uint32_t>(r0 + row)));
-          const uint32_t cbase = static_cast<uint32_t>(c0 + blk * 16);
-          q = quantize16_fn<SR>(elem, e, [&](int i) { return mix32(hr ^ (cbase + i)); });
-        }
+        uint8_t s;
+        const uint2 q = row_block<T, SR>(p, v, p.block_2d ? tamax[(row / 16) * S::kBPR + blk] : 0u, k_row, etab_r,
+                                         static_cast<uint32_t>(r0 + row), static_cast<uint32_t>(c0 + blk * 16), s);
         *reinterpret_cast<uint2*>(rd_p) = q;
         *rs_p = s;
       }
@@ -878,6 +902,239 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
     }
   }
   cp_async_wait<0>();
+}
+
+// ------------------------------------------------------------------------------------------------
+// Wide cast kernel (bf16 / fp16 inputs, the default for them)
+//
+// Why: the 128 x 128 kernel above writes its scales 8 bytes per row / column per tile (a quarter of a
+// 32-byte sector) and re-synchronizes the CTA twice per tile; on the H100 those partial-sector scale writes
+// alone cost ~20% of its time (docs/benchmarks.md). Here every global write covers whole sectors:
+//   unit = 512 rows x 512 columns of X, visited by one CTA as 16 sub-tiles of 32 rows (32 KB each);
+//   rowwise: a warp quantizes one row of a sub-tile (32 lanes x 16 columns) and writes 256 contiguous code
+//     bytes and 32 contiguous scale bytes;
+//   columnwise: codes are staged per 128 rows (64 bytes per column, 4 lanes per column), scales for the
+//     whole unit (32 bytes per column, 2 lanes per column).
+// One CTA per SM: a producer warp streams sub-tiles into a 4-stage shared-memory ring with bulk copies
+// (cp.async.bulk, one per row, completion on an mbarrier); 16 compute warps consume them and hand each stage
+// back through a second mbarrier, so the compute warps only meet at a CTA barrier once per 128 rows (once
+// per sub-tile with 16x16 tiles, whose tile maxima cross warps).
+// Per sub-tile, compute warp w: column task (16-row group w / 8, column pair 32 (w % 8) + lane) and the
+// rowwise blocks of rows 2w and 2w + 1 (block = lane). Partial units (m or n not multiples of 512) compute on
+// stale shared memory where X ends and write only what lies inside X.
+// ------------------------------------------------------------------------------------------------
+
+namespace wide {
+constexpr int kCols = 512;                             // columns per unit and sub-tile
+constexpr int kSubRows = 32;                           // rows per sub-tile (one ring stage)
+constexpr int kUnitRows = 512;                         // rows per unit (columnwise scales: 32 per column)
+constexpr int kChunkRows = 128;                        // columnwise codes leave in 128-row chunks
+constexpr int kStages = 4;
+constexpr int kWarps = 16;                             // compute warps
+constexpr int kComputeThreads = kWarps * 32;
+constexpr int kThreads = kComputeThreads + 32;         // + the producer warp
+constexpr int kRowBytes = kCols * 2;
+constexpr int kStageBytes = kSubRows * kRowBytes;                    // 32 KB
+constexpr int kColStageBytes = kChunkRows / 2 * kCols;               // 32 KB: [q 4][g 2][column 512] x 8 bytes
+constexpr int kColScaleBytes = kUnitRows / 16 * kCols;               // 16 KB: [block 32][column 512]
+constexpr int kSmemBytes = kStages * kStageBytes + 2 * kColStageBytes + kColScaleBytes + 2 * 128 * 4 +
+                           2 * 64 * 4 + 2 * kStages * 8;
+static_assert(kWarps * 32 == 2 * (kCols / 2), "one column task per compute thread and sub-tile");
+static_assert(kWarps * 2 == kSubRows && kCols / 16 == 32, "two rows per compute warp, one block per lane");
+}  // namespace wide
+
+__device__ __forceinline__ uint32_t smem_addr(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// bytes (a multiple of 16) from global src to shared dst (both 16-byte aligned); completion counted on bar.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+__device__ __forceinline__ void compute_sync() {  // the compute warps only (barrier 1)
+  asm volatile("bar.sync 1, %0;" ::"n"(wide::kComputeThreads) : "memory");
+}
+
+template <typename T, bool RHT, bool SR>
+__global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const CastParams p) {
+  using namespace wide;
+  using TT = Tr<T>;
+  using P = typename TT::P;
+  static_assert(sizeof(T) == 2, "16-bit inputs only");
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint8_t* ring = smem;                                                  // [kStages][32 rows][1024 bytes]
+  uint8_t* col_stage = ring + kStages * kStageBytes;                     // [2][kColStageBytes]
+  uint8_t* col_scales = col_stage + 2 * kColStageBytes;                  // [32][512]
+  float* etab = reinterpret_cast<float*>(col_scales + kColScaleBytes);   // [2][128]
+  uint32_t* tile_max = reinterpret_cast<uint32_t*>(etab + 256);          // [2][2 groups][32 tiles]
+  uint64_t* full = reinterpret_cast<uint64_t*>(tile_max + 128);          // [kStages]: stage loaded
+  uint64_t* empty = full + kStages;                                      // [kStages]: stage consumed
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const float senc_r = global_encode_scale(p.amax[0]);
+  const float senc_c = global_encode_scale(p.amax[1]);
+  if (tid < 256)
+    etab[tid] = block_encode_scale(static_cast<uint8_t>(tid & 127), (tid < 128 ? 1.0f / senc_r : 1.0f / senc_c));
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(&full[st], 1);
+      mbar_init(&empty[st], kWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  const int m = static_cast<int>(p.m), n = static_cast<int>(p.n);
+  const uint32_t units_x = (n + kCols - 1) / kCols;
+
+  if (warp == kWarps) {  // producer: one bulk copy per row of each sub-tile
+    uint32_t seq = 0;
+    for (uint32_t unit = blockIdx.x; unit < p.num_tiles; unit += gridDim.x) {
+      const int R0 = static_cast<int>(unit / units_x) * kUnitRows, C0 = static_cast<int>(unit % units_x) * kCols;
+      const int cols = min(kCols, n - C0), unit_rows = min(kUnitRows, m - R0);
+      for (int k = 0; k * kSubRows < unit_rows; ++k, ++seq) {
+        const int slot = seq % kStages;
+        if (seq >= kStages) mbar_wait(&empty[slot], ((seq / kStages) & 1) ^ 1);
+        const int rows = min(kSubRows, unit_rows - k * kSubRows);
+        if (lane == 0) mbar_arrive_expect_tx(&full[slot], static_cast<uint32_t>(rows * cols * 2));
+        __syncwarp();
+        if (lane < rows) {
+          const T* src = static_cast<const T*>(p.x) + static_cast<int64_t>(R0 + k * kSubRows + lane) * n + C0;
+          bulk_load(ring + slot * kStageBytes + lane * kRowBytes, src, static_cast<uint32_t>(cols * 2), &full[slot]);
+        }
+      }
+    }
+    return;
+  }
+
+  const float k_row = senc_r * kInvSix, k_col = senc_c * kInvSix;
+  const float* etab_r = etab;
+  const float* etab_c = etab + 128;
+  const int g = warp >> 3, pair = ((warp & 7) << 5) | lane, cpair = 2 * pair;  // column task
+  const int64_t rstride = n / 2, sstride = n / 16, cstride = m / 2, csstride = m / 16;
+  uint32_t seq = 0, chunk_seq = 0;
+  for (uint32_t unit = blockIdx.x; unit < p.num_tiles; unit += gridDim.x) {
+    const int R0 = static_cast<int>(unit / units_x) * kUnitRows, C0 = static_cast<int>(unit % units_x) * kCols;
+    const int cols = min(kCols, n - C0), unit_rows = min(kUnitRows, m - R0);
+    for (int k = 0; k * kSubRows < unit_rows; ++k, ++seq) {
+      const int slot = seq % kStages;
+      const int r0 = R0 + k * kSubRows, rows = min(kSubRows, unit_rows - k * kSubRows);
+      const int q = k & 3;  // 32-row piece of the 128-row chunk
+      uint8_t* stage = col_stage + (chunk_seq & 1) * kColStageBytes;
+      uint32_t* tmax = tile_max + (seq & 1) * 64;
+      const bool last_sub = (k + 1) * kSubRows >= unit_rows;
+      mbar_wait(&full[slot], (seq / kStages) & 1);
+      const uint8_t* buf = ring + slot * kStageBytes;
+
+      // ---- column task ----
+      if (p.do_col || p.block_2d) {
+        P raw[16];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) raw[j] = *reinterpret_cast<const P*>(buf + (g * 16 + j) * kRowBytes + pair * 4);
+        uint4 codes;
+        uint16_t scales;
+        column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + g * 16),
+                                static_cast<uint32_t>(C0 + cpair), lane, tmax + g * 32 + (pair >> 3), codes, scales);
+        if (p.do_col) {
+          // [q][g][column ^ 4q] x 8 bytes: conflict-free here and in the write-out below
+          *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = codes;
+          *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = scales;
+        }
+      }
+      if (p.block_2d) compute_sync();  // tile maxima of this sub-tile complete
+
+      // ---- rowwise blocks: rows 2 warp, 2 warp + 1; block = lane ----
+      if (p.do_row) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int lr = 2 * warp + i;
+          const uint4* src = reinterpret_cast<const uint4*>(buf + lr * kRowBytes + lane * 32);
+          const uint4 lo = src[0], hi = src[1];
+          const P v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+          uint8_t s;
+          const uint2 codes = row_block<T, SR>(p, v, tmax[(lr >> 4) * 32 + lane], k_row, etab_r,
+                                               static_cast<uint32_t>(r0 + lr), static_cast<uint32_t>(C0 + lane * 16), s);
+          if (lr < rows && lane * 16 < cols) {
+            const int64_t row = r0 + lr;
+            *reinterpret_cast<uint2*>(p.rd + row * rstride + C0 / 2 + lane * 8) = codes;
+            p.rs[row * sstride + C0 / 16 + lane] = s;
+          }
+        }
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[slot]);  // this warp is done with the stage
+
+      if (!p.do_col || (q != 3 && !last_sub)) continue;
+      // ---- columnwise codes of the 128-row chunk: 4 lanes per column, 64 contiguous bytes ----
+      compute_sync();
+      ++chunk_seq;
+      const int crow0 = r0 - q * kSubRows, crows = min(kChunkRows, m - crow0);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int c = j * (kComputeThreads / 4) + (tid >> 2), qq = tid & 3;
+        if (c < cols && qq * 32 < crows) {
+          const int cs = c ^ (qq << 2);
+          const uint2 lo = *reinterpret_cast<const uint2*>(stage + ((qq * 2) * kCols + cs) * 8);
+          const uint2 hi = *reinterpret_cast<const uint2*>(stage + ((qq * 2 + 1) * kCols + cs) * 8);
+          uint8_t* d = p.cd + static_cast<int64_t>(C0 + c) * cstride + crow0 / 2 + qq * 16;
+          if (qq * 32 + 16 < crows) {
+            if (p.col_data_vec) {
+              *reinterpret_cast<uint4*>(d) = make_uint4(lo.x, lo.y, hi.x, hi.y);
+            } else {
+              reinterpret_cast<uint2*>(d)[0] = lo;
+              reinterpret_cast<uint2*>(d)[1] = hi;
+            }
+          } else {
+            *reinterpret_cast<uint2*>(d) = lo;
+          }
+        }
+      }
+      if (!last_sub) continue;
+      // ---- columnwise scales of the unit: 2 lanes per column, 32 contiguous bytes ----
+      const int nblk = unit_rows / 16;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c = j * (kComputeThreads / 2) + (tid >> 1), half = tid & 1;
+        if (c < cols && half * 16 < nblk) {
+          uint8_t* d = p.cs + static_cast<int64_t>(C0 + c) * csstride + R0 / 16 + half * 16;
+          const uint8_t* src = col_scales + half * 16 * kCols + c;
+          if (nblk == 32 && p.col_scale_vec) {
+            uint32_t w[4];
+#pragma unroll
+            for (int b = 0; b < 4; ++b)
+              w[b] = src[(4 * b) * kCols] | (src[(4 * b + 1) * kCols] << 8) | (src[(4 * b + 2) * kCols] << 16) |
+                     (static_cast<uint32_t>(src[(4 * b + 3) * kCols]) << 24);
+            *reinterpret_cast<uint4*>(d) = make_uint4(w[0], w[1], w[2], w[3]);
+          } else {
+            for (int b = 0; b < 16 && half * 16 + b < nblk; ++b) d[b] = src[b * kCols];
+          }
+        }
+      }
+      compute_sync();  // col_scales is rewritten by the next unit
+    }
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1158,7 +1415,38 @@ cudaError_t launch_cast_k(const CastParams& p, bool rht, bool sr, cudaStream_t s
   return sr ? launch_cast_t<T, false, true, TM, RB>(p, stream) : launch_cast_t<T, false, false, TM, RB>(p, stream);
 }
 
-// variant = shape + 10 * G. Tile shapes for 16-bit inputs (rows x columns): 1: 64 x 128, 2: 128 x 128,
+template <typename T, bool RHT, bool SR>
+cudaError_t launch_cast_wide_t(const CastParams& p0, cudaStream_t stream) {
+  CastParams p = p0;
+  const int64_t units = ((p.n + wide::kCols - 1) / wide::kCols) * ((p.m + wide::kUnitRows - 1) / wide::kUnitRows);
+  if (units == 0) return cudaSuccess;
+  p.num_tiles = static_cast<uint32_t>(units);
+  p.col_scale_vec = p.do_col && (p.m % 256 == 0) && (reinterpret_cast<uintptr_t>(p.cs) % 16 == 0);
+  p.col_data_vec = p.do_col && (p.m % 32 == 0) && (reinterpret_cast<uintptr_t>(p.cd) % 16 == 0);
+  auto kern = cast_wide_kernel<T, RHT, SR>;
+  static bool ready[kMaxDevices] = {};  // the shared-memory attribute is per device
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  if (dev >= kMaxDevices) return cudaErrorInvalidDevice;
+  if (!ready[dev]) {
+    err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, wide::kSmemBytes);
+    if (err != cudaSuccess) return err;
+    ready[dev] = true;
+  }
+  const int64_t grid = units < sm_count() ? units : sm_count();
+  kern<<<static_cast<unsigned>(grid), wide::kThreads, wide::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_cast_wide(const CastParams& p, bool rht, bool sr, cudaStream_t stream) {
+  if (rht) return sr ? launch_cast_wide_t<T, true, true>(p, stream) : launch_cast_wide_t<T, true, false>(p, stream);
+  return sr ? launch_cast_wide_t<T, false, true>(p, stream) : launch_cast_wide_t<T, false, false>(p, stream);
+}
+
+// variant = shape + 10 * G. Shape 7 (16-bit inputs, 16-byte aligned X): the wide kernel (G ignored; other inputs
+// take shape 2 with G = 8). Tile shapes of the 128-row kernel for 16-bit inputs (rows x columns): 1: 64 x 128, 2: 128 x 128,
 // 3: 256 x 64 (columnwise output in whole 128-byte lines per column and tile); fp32 inputs always use
 // 128 x 64. G: tile rows per group of the tile order (see TileCursor; 0 or 1: row-major).
 template <typename T>
@@ -1168,6 +1456,13 @@ cudaError_t launch_cast_dtype(CastParams p, bool rht, bool sr, int variant, cuda
   p.group_rows = static_cast<uint32_t>(variant / 10);  // variant = shape + 10 * group rows
   variant %= 10;
   if constexpr (sizeof(T) == 2) {
+    // the wide kernel's bulk copies need 16-byte aligned rows (vec_ok); m, n < 2^31 - 512 keep its int math exact
+    const bool wide_ok = p.vec_ok && p.m <= 0x7fffffff - 512 && p.n <= 0x7fffffff - 512;
+    if (variant == 7 && wide_ok) return launch_cast_wide<T>(p, rht, sr, stream);
+    if (variant == 7) {
+      variant = 2;
+      p.group_rows = 8;
+    }
     if (variant == 1) return launch_cast_k<T, 64, 256>(p, rht, sr, stream);
     if (variant == 3) return launch_cast_k<T, 256, 128>(p, rht, sr, stream);
     return launch_cast_k<T, 128, 256>(p, rht, sr, stream);

@@ -183,10 +183,26 @@ def test_cast_large(kern, gen, mode, dtype):
     ((16, 16), "both_2d"),
     ((208, 400), "both_rht_sr"),  # partial tiles in both directions, m % 32 == 16
     ((3, 16, 48), "both_2d"),
+    # the wide kernel (512 x 512 units): partial units in both directions, a 16-row last sub-tile, m % 32 != 0
+    # (8-byte columnwise stores), m % 256 != 0 (bytewise columnwise scales)
+    ((528, 1040), "both"),
+    ((528, 1040), "both_rht_sr"),
+    ((1040, 528), "both_2d"),
+    ((1040, 528), "col_rht"),
 ])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_cast_odd_shapes(kern, gen, shape, mode, dtype):
     check_cast(kern, make_input(shape, dtype, gen), **MODES[mode])
+
+
+@pytest.mark.parametrize("variant", [82, 2, 1, 3, 7])
+@pytest.mark.parametrize("mode", ["both", "both_2d", "both_rht_sr"])
+def test_cast_kernel_variants(kern, gen, monkeypatch, variant, mode):
+    # every cast kernel the variant switch can select (7: the wide kernel, the default; the others: the 128-row
+    # kernel's tile shapes, which fp32 and unaligned 16-bit inputs take)
+    monkeypatch.setattr(kern, "_CAST_VARIANT", variant)
+    for dtype in (torch.bfloat16, torch.float16):
+        check_cast(kern, make_input((1040, 528), dtype, gen), **MODES[mode])
 
 
 def test_cast_unaligned_input_view(kern, gen):

@@ -35,9 +35,10 @@ _ext: ModuleType | None = None
 _build_failed = False
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-# Cast kernel variant: tile shape for 16-bit inputs (1 = 64x128, 2 = 128x128, 3 = 256x64) + 10 * tile rows per
-# group of the tile order (0 = row-major); see docs/kernels.md.
-_CAST_VARIANT = int(os.environ.get("FP4DIST_CAST_VARIANT", "82"))
+# Cast kernel variant: 7 = the wide kernel (16-bit inputs with 16-byte aligned rows; the others fall back to 82);
+# else the 128-row kernel: tile shape for 16-bit inputs (1 = 64x128, 2 = 128x128, 3 = 256x64) + 10 * tile rows
+# per group of the tile order (0 = row-major). See docs/kernels.md.
+_CAST_VARIANT = int(os.environ.get("FP4DIST_CAST_VARIANT", "7"))
 _ROWWISE_STREAM, _COLUMNWISE_STREAM = 0, 1
 
 
