@@ -489,9 +489,19 @@ FP4_HD typename TT::Acc acc_merge(typename TT::Acc a, typename TT::Acc b) {
 // Block max of N pairs with four independent accumulators (a short dependency chain).
 template <typename TT, int N>
 FP4_HD typename TT::Acc acc_of(const typename TT::P (&v)[N]) {
-  typename TT::Acc a[4] = {TT::acc_zero(), TT::acc_zero(), TT::acc_zero(), TT::acc_zero()};
+  static_assert(N >= 8 && N % 4 == 0, "every accumulator takes at least two pairs");
+  typename TT::Acc a[4];
 #pragma unroll
-  for (int k = 0; k < N; ++k) TT::acc_add(a[k & 3], v[k]);
+  for (int k = 0; k < 4; ++k) {
+    if constexpr (std::is_same<typename TT::Acc, typename TT::P>::value) {
+      a[k] = v[k];  // a packed 16-bit pair: the max below takes the magnitudes of both operands
+    } else {
+      a[k] = TT::acc_zero();
+      TT::acc_add(a[k], v[k]);
+    }
+  }
+#pragma unroll
+  for (int k = 4; k < N; ++k) TT::acc_add(a[k & 3], v[k]);
   return acc_merge<TT>(acc_merge<TT>(a[0], a[1]), acc_merge<TT>(a[2], a[3]));
 }
 
@@ -609,28 +619,16 @@ struct TileShape {
 };
 
 // ---- Per-block work shared by the cast kernels ----------------------------------------------------------
+// A columnwise task holds columns ca, ca + 1 over 16 rows as 16 packed pairs raw[k] (row k); a rowwise block
+// holds 16 consecutive elements of one row as 8 packed pairs v. Codes: element i in nibble i (columnwise:
+// .x/.y column ca, .z/.w column ca + 1). grow: global row of the first element, before row_offset.
 
-// Columnwise task: columns ca, ca + 1 over 16 rows (grow = global row of the first, before row_offset), held as
-// 16 packed pairs raw[k] (row k). With 16x16 tiles the tile max (8 lanes = 16 columns) goes to *tile_max
-// (written by the first lane of each 8); with do_col the two blocks are quantized (RHT first if asked):
-// codes = (column ca: 16 nibbles, column ca + 1: 16 nibbles), scales = scale byte of ca | (of ca + 1) << 8.
-template <typename T, bool RHT, bool SR>
-__device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>::P (&raw)[16], float k_col,
-                                            const float* etab_c, uint32_t grow, uint32_t ca, int lane,
-                                            uint32_t* tile_max, uint4& codes, uint16_t& scales) {
+// Block maxima (fp32 magnitude bits) of a columnwise task; with RHT, raw becomes the RHT'd pairs rounded to T
+// (one rounding from fp32) and the maxima are theirs.
+template <typename T, bool RHT>
+__device__ __forceinline__ void column_maxima(typename Tr<T>::P (&raw)[16], uint32_t& bits_a, uint32_t& bits_b) {
   using TT = Tr<T>;
-  const typename TT::Acc acc = acc_of<TT>(raw);
-  if (p.block_2d) {
-    uint32_t t = max_u32(TT::first_bits(acc), TT::second_bits(acc));
-    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 1));
-    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 2));
-    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
-    if ((lane & 7) == 0) *tile_max = t;
-  }
-  if (!p.do_col) return;
-  uint32_t bits_a = TT::first_bits(acc), bits_b = TT::second_bits(acc);
   if constexpr (RHT) {
-    // raw[k] becomes the RHT'd pair, rounded to T (one rounding from fp32)
     float a[16], b[16];
 #pragma unroll
     for (int k = 0; k < 16; ++k) {
@@ -641,72 +639,111 @@ __device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>:
     rht16(b);
 #pragma unroll
     for (int k = 0; k < 16; ++k) raw[k] = TT::round_pair(a[k], b[k]);
-    const typename TT::Acc racc = acc_of<TT>(raw);
-    bits_a = TT::first_bits(racc);
-    bits_b = TT::second_bits(racc);
   }
-  if (p.block_2d) {
-    uint32_t t = max_u32(bits_a, bits_b);
-    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 1));
-    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 2));
-    t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
-    bits_a = bits_b = t;
+  const typename TT::Acc acc = acc_of<TT>(raw);
+  bits_a = TT::first_bits(acc);
+  bits_b = TT::second_bits(acc);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t row_maximum(const typename Tr<T>::P (&v)[8]) {
+  const typename Tr<T>::Acc acc = acc_of<Tr<T>>(v);
+  return max_u32(Tr<T>::first_bits(acc), Tr<T>::second_bits(acc));
+}
+
+// Fast RN path (16-bit inputs, both blocks passing rn_fast_ok).
+template <typename T>
+__device__ __forceinline__ uint4 column_codes_fast(const uint32_t (&raw)[16], float ea, float eb) {
+  uint32_t top[8], bottom[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    top[k] = raw[k];
+    bottom[k] = raw[k + 8];
   }
-  const uint16_t s2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);
-  const uint8_t sa = static_cast<uint8_t>(s2 & 0xffu), sb = static_cast<uint8_t>(s2 >> 8);
-  const float ea = etab_c[sa & 127], eb = etab_c[sb & 127];
+  const uint2 sg_top = sign_bits_columns(top), sg_bottom = sign_bits_columns(bottom);
+  const uint2 qa = quantize16_rn_fast([&](int k) { return Tr<T>::first(raw[k]); }, ea, sg_top.x, sg_bottom.x);
+  const uint2 qb = quantize16_rn_fast([&](int k) { return Tr<T>::second(raw[k]); }, eb, sg_top.y, sg_bottom.y);
+  return make_uint4(qa.x, qa.y, qb.x, qb.y);
+}
+template <typename T>
+__device__ __forceinline__ uint2 row_codes_fast(const uint32_t (&v)[8], float e) {
+  return quantize16_rn_fast([&](int i) { return (i & 1) ? Tr<T>::second(v[i >> 1]) : Tr<T>::first(v[i >> 1]); }, e,
+                            sign_bits_pairs(v[0], v[1], v[2], v[3]), sign_bits_pairs(v[4], v[5], v[6], v[7]));
+}
+
+// General path: any block, RN or SR.
+template <typename T, bool SR>
+__device__ __forceinline__ uint4 column_codes(const CastParams& p, const typename Tr<T>::P (&raw)[16], float ea,
+                                              float eb, uint32_t grow, uint32_t ca) {
   uint32_t hrow[16] = {};
   if constexpr (SR) {
 #pragma unroll
     for (int k = 0; k < 16; ++k) hrow[k] = mix32(p.key_col ^ (p.row_offset + grow + k));
   }
   const uint32_t cb = ca + 1;
-  uint2 qa, qb;
-  bool fast = false;
-  if constexpr (!SR && sizeof(T) == 2) fast = rn_fast_ok(u2f(bits_a), ea) && rn_fast_ok(u2f(bits_b), eb);
-  if (fast) {
-    if constexpr (!SR && sizeof(T) == 2) {
-      uint32_t top[8], bottom[8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        top[k] = raw[k];
-        bottom[k] = raw[k + 8];
-      }
-      const uint2 sg_top = sign_bits_columns(top), sg_bottom = sign_bits_columns(bottom);
-      qa = quantize16_rn_fast([&](int k) { return TT::first(raw[k]); }, ea, sg_top.x, sg_bottom.x);
-      qb = quantize16_rn_fast([&](int k) { return TT::second(raw[k]); }, eb, sg_top.y, sg_bottom.y);
-    }
-  } else {
-    qa = quantize16_fn<SR>([&](int k) { return TT::first(raw[k]); }, ea, [&](int k) { return mix32(hrow[k] ^ ca); });
-    qb = quantize16_fn<SR>([&](int k) { return TT::second(raw[k]); }, eb, [&](int k) { return mix32(hrow[k] ^ cb); });
-  }
-  codes = make_uint4(qa.x, qa.y, qb.x, qb.y);
-  scales = s2;
+  const uint2 qa = quantize16_fn<SR>([&](int k) { return Tr<T>::first(raw[k]); }, ea,
+                                     [&](int k) { return mix32(hrow[k] ^ ca); });
+  const uint2 qb = quantize16_fn<SR>([&](int k) { return Tr<T>::second(raw[k]); }, eb,
+                                     [&](int k) { return mix32(hrow[k] ^ cb); });
+  return make_uint4(qa.x, qa.y, qb.x, qb.y);
+}
+template <typename T, bool SR>
+__device__ __forceinline__ uint2 row_codes(const CastParams& p, const typename Tr<T>::P (&v)[8], float e, uint32_t grow,
+                                           uint32_t cbase) {
+  uint32_t hr = 0;
+  if constexpr (SR) hr = mix32(p.key_row ^ (p.row_offset + grow));
+  return quantize16_fn<SR>([&](int i) { return (i & 1) ? Tr<T>::second(v[i >> 1]) : Tr<T>::first(v[i >> 1]); }, e,
+                           [&](int i) { return mix32(hr ^ (cbase + i)); });
 }
 
-// Rowwise block: 16 consecutive elements v (8 packed pairs) of global row grow (before row_offset) starting at
-// column cbase. bits_2d: the 16x16 tile max (fp32 magnitude bits) when p.block_2d. Returns the 16 nibbles,
-// the scale byte in s.
+// Max over the 8 lanes (16 columns) of a 16x16 tile.
+__device__ __forceinline__ uint32_t tile_max8(uint32_t t) {
+  t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 1));
+  t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 2));
+  return max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
+}
+
+// A columnwise task. With 16x16 tiles the tile max of the input (before any RHT) goes to *tile_max (written
+// by the first lane of each 8); with do_col the two blocks are quantized: codes, scales = byte of ca | of
+// ca + 1 << 8.
+template <typename T, bool RHT, bool SR>
+__device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>::P (&raw)[16], float k_col,
+                                            const float* etab_c, uint32_t grow, uint32_t ca, int lane,
+                                            uint32_t* tile_max, uint4& codes, uint16_t& scales) {
+  if (p.block_2d) {
+    uint32_t a, b;
+    column_maxima<T, false>(raw, a, b);
+    const uint32_t t = tile_max8(max_u32(a, b));
+    if ((lane & 7) == 0) *tile_max = t;
+  }
+  if (!p.do_col) return;
+  uint32_t bits_a, bits_b;
+  column_maxima<T, RHT>(raw, bits_a, bits_b);
+  if (p.block_2d) bits_a = bits_b = tile_max8(max_u32(bits_a, bits_b));
+  scales = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);
+  const float ea = etab_c[scales & 127], eb = etab_c[(scales >> 8) & 127];
+  if constexpr (!SR && sizeof(T) == 2) {
+    if (rn_fast_ok(u2f(bits_a), ea) && rn_fast_ok(u2f(bits_b), eb)) {
+      codes = column_codes_fast<T>(raw, ea, eb);
+      return;
+    }
+  }
+  codes = column_codes<T, SR>(p, raw, ea, eb, grow, ca);
+}
+
+// A rowwise block at column cbase. bits_2d: the 16x16 tile max (fp32 magnitude bits) when p.block_2d.
+// Returns the codes, the scale byte in s.
 template <typename T, bool SR>
 __device__ __forceinline__ uint2 row_block(const CastParams& p, const typename Tr<T>::P (&v)[8], uint32_t bits_2d,
                                            float k_row, const float* etab_r, uint32_t grow, uint32_t cbase,
                                            uint8_t& s) {
-  using TT = Tr<T>;
-  const typename TT::Acc acc = acc_of<TT>(v);
-  const uint32_t bits = p.block_2d ? bits_2d : max_u32(TT::first_bits(acc), TT::second_bits(acc));
+  const uint32_t bits = p.block_2d ? bits_2d : row_maximum<T>(v);
   s = e4m3_satfinite(u2f(bits) * k_row);
   const float e = etab_r[s & 127];
-  const auto elem = [&](int i) { return (i & 1) ? TT::second(v[i >> 1]) : TT::first(v[i >> 1]); };
-  bool fast = false;
-  if constexpr (!SR && sizeof(T) == 2) fast = rn_fast_ok(u2f(bits), e);
-  if (fast) {
-    if constexpr (!SR && sizeof(T) == 2) {
-      return quantize16_rn_fast(elem, e, sign_bits_pairs(v[0], v[1], v[2], v[3]), sign_bits_pairs(v[4], v[5], v[6], v[7]));
-    }
+  if constexpr (!SR && sizeof(T) == 2) {
+    if (rn_fast_ok(u2f(bits), e)) return row_codes_fast<T>(v, e);
   }
-  uint32_t hr = 0;
-  if constexpr (SR) hr = mix32(p.key_row ^ (p.row_offset + grow));
-  return quantize16_fn<SR>(elem, e, [&](int i) { return mix32(hr ^ (cbase + i)); });
+  return row_codes<T, SR>(p, v, e, grow, cbase);
 }
 
 // Loads the tile at (ty, tx) into buf: 16-byte cp.async (zero-filled outside X) when vec_ok, else element
@@ -993,10 +1030,6 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   uint64_t* empty = full + kStages;                                      // [kStages]: stage consumed
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const float senc_r = global_encode_scale(p.amax[0]);
-  const float senc_c = global_encode_scale(p.amax[1]);
-  if (tid < 256)
-    etab[tid] = block_encode_scale(static_cast<uint8_t>(tid & 127), (tid < 128 ? 1.0f / senc_r : 1.0f / senc_c));
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) {
       mbar_init(&full[st], 1);
@@ -1004,7 +1037,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
-  __syncthreads();
+  __syncthreads();  // the producer starts loading now, while the compute warps build the encode-scale table
 
   const int m = static_cast<int>(p.m), n = static_cast<int>(p.n);
   const uint32_t units_x = (n + kCols - 1) / kCols;
@@ -1029,6 +1062,11 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
     return;
   }
 
+  const float senc_r = global_encode_scale(p.amax[0]);
+  const float senc_c = global_encode_scale(p.amax[1]);
+  if (tid < 256)
+    etab[tid] = block_encode_scale(static_cast<uint8_t>(tid & 127), (tid < 128 ? 1.0f / senc_r : 1.0f / senc_c));
+  compute_sync();
   const float k_row = senc_r * kInvSix, k_col = senc_c * kInvSix;
   const float* etab_r = etab;
   const float* etab_c = etab + 128;
@@ -1067,19 +1105,33 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
 
       // ---- rowwise blocks: rows 2 warp, 2 warp + 1; block = lane ----
       if (p.do_row) {
+        P v[2][8];
+        uint32_t bits[2];
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          const int lr = 2 * warp + i;
-          const uint4* src = reinterpret_cast<const uint4*>(buf + lr * kRowBytes + lane * 32);
+          const uint4* src = reinterpret_cast<const uint4*>(buf + (2 * warp + i) * kRowBytes + lane * 32);
           const uint4 lo = src[0], hi = src[1];
-          const P v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-          uint8_t s;
-          const uint2 codes = row_block<T, SR>(p, v, tmax[(lr >> 4) * 32 + lane], k_row, etab_r,
-                                               static_cast<uint32_t>(r0 + lr), static_cast<uint32_t>(C0 + lane * 16), s);
-          if (lr < rows && lane * 16 < cols) {
-            const int64_t row = r0 + lr;
-            *reinterpret_cast<uint2*>(p.rd + row * rstride + C0 / 2 + lane * 8) = codes;
-            p.rs[row * sstride + C0 / 16 + lane] = s;
+          v[i][0] = lo.x, v[i][1] = lo.y, v[i][2] = lo.z, v[i][3] = lo.w;
+          v[i][4] = hi.x, v[i][5] = hi.y, v[i][6] = hi.z, v[i][7] = hi.w;
+          bits[i] = p.block_2d ? tmax[((2 * warp + i) >> 4) * 32 + lane] : row_maximum<T>(v[i]);
+        }
+        const uint16_t s2 = e4m3x2_satfinite(u2f(bits[0]) * k_row, u2f(bits[1]) * k_row);  // bytes <= 0x7F
+        const int64_t row = r0 + 2 * warp;
+        uint8_t* rd_p = p.rd + row * rstride + C0 / 2 + lane * 8;
+        uint8_t* rs_p = p.rs + row * sstride + C0 / 16 + lane;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const uint32_t s = (s2 >> (8 * i)) & 0xffu;
+          const float e = etab_r[s];
+          uint2 codes;
+          if (!SR && rn_fast_ok(u2f(bits[i]), e)) {
+            if constexpr (!SR) codes = row_codes_fast<T>(v[i], e);
+          } else {
+            codes = row_codes<T, SR>(p, v[i], e, static_cast<uint32_t>(row + i), static_cast<uint32_t>(C0 + lane * 16));
+          }
+          if (2 * warp + i < rows && lane * 16 < cols) {
+            *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;
+            rs_p[i * sstride] = static_cast<uint8_t>(s);
           }
         }
       }

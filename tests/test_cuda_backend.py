@@ -198,8 +198,8 @@ def test_cast_odd_shapes(kern, gen, shape, mode, dtype):
 @pytest.mark.parametrize("variant", [82, 2, 1, 3, 7])
 @pytest.mark.parametrize("mode", ["both", "both_2d", "both_rht_sr"])
 def test_cast_kernel_variants(kern, gen, monkeypatch, variant, mode):
-    # every cast kernel the variant switch can select (7: the wide kernel, the default; the others: the 128-row
-    # kernel's tile shapes, which fp32 and unaligned 16-bit inputs take)
+    # every cast kernel the variant switch can select (7: the wide kernel, the default;
+    # the others: the 128-row kernel's tile shapes, which fp32 and unaligned 16-bit inputs take)
     monkeypatch.setattr(kern, "_CAST_VARIANT", variant)
     for dtype in (torch.bfloat16, torch.float16):
         check_cast(kern, make_input((1040, 528), dtype, gen), **MODES[mode])
