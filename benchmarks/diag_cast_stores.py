@@ -167,21 +167,23 @@ def patched_sources() -> Path:
          "            if (p.dbg & 1024) st_el_u32(reinterpret_cast<uint32_t*>(sdst) + q, reinterpret_cast<const uint32_t*>(ss)[q]);\n"
          "            else reinterpret_cast<uint32_t*>(sdst)[q] = reinterpret_cast<const uint32_t*>(ss)[q];"),
     ]
-    patches += [  # the wide kernel (variant 7): 1, 2, 4, 8 stores off, 512 no quantization, 2048 no loads
+    patches += [  # the wide kernel (variant 17, which keeps 1D casts on its general path): 1, 2, 4, 8 stores off,
+                  # 512 no quantization, 2048 no loads
+        ("  const int full_variant = variant;", "  const int full_variant = variant % 1000;"),
         ("column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + g * 16),",
          "if (p.dbg & 512) {\n"
          "            codes = make_uint4(raw[0] ^ raw[4], raw[5] ^ raw[9], raw[10] ^ raw[14], raw[15] ^ raw[1]);\n"
          "            scales = static_cast<uint16_t>(raw[3]);\n"
          "          } else column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + g * 16),"),
-        ("          uint2 codes;\n          if (!SR && rn_fast_ok(u2f(bits[i]), e)) {",
-         "          uint2 codes;\n"
-         "          if (p.dbg & 512) {\n"
-         "            codes = make_uint2(v[i][0] ^ v[i][6], v[i][3] ^ v[i][7]);\n"
-         "          } else if (!SR && rn_fast_ok(u2f(bits[i]), e)) {"),
-        ("            *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;\n"
-         "            rs_p[i * sstride] = static_cast<uint8_t>(s);",
-         "            if (!(p.dbg & 1)) *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;\n"
-         "            if (!(p.dbg & 2)) rs_p[i * sstride] = static_cast<uint8_t>(s);"),
+        ("      uint2 codes;\n      if (!SR && rn_fast_ok(u2f(bits[i]), e)) {",
+         "      uint2 codes;\n"
+         "      if (p.dbg & 512) {\n"
+         "        codes = make_uint2(v[i][0] ^ v[i][6], v[i][3] ^ v[i][7]);\n"
+         "      } else if (!SR && rn_fast_ok(u2f(bits[i]), e)) {"),
+        ("        *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;\n"
+         "        rs_p[i * sstride] = static_cast<uint8_t>(s);",
+         "        if (!(p.dbg & 1)) *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;\n"
+         "        if (!(p.dbg & 2)) rs_p[i * sstride] = static_cast<uint8_t>(s);"),
         ("*reinterpret_cast<uint4*>(d) = make_uint4(lo.x, lo.y, hi.x, hi.y);",
          "if (!(p.dbg & 4)) *reinterpret_cast<uint4*>(d) = make_uint4(lo.x, lo.y, hi.x, hi.y);"),
         ("*reinterpret_cast<uint4*>(d) = make_uint4(w[0], w[1], w[2], w[3]);",
@@ -215,7 +217,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--modes", type=int, nargs="*", default=list(MODES))
     ap.add_argument("--sizes", type=int, nargs="*", default=[16384, 8192])
-    ap.add_argument("--kernel", type=int, default=82, help="cast variant the modes apply to (82: 128-row kernel, 7: wide)")
+    ap.add_argument("--kernel", type=int, default=82, help="cast variant the modes apply to (82: the 128-row kernel, 17: the wide kernel)")
     args = ap.parse_args()
     from bench_kernels import bench, copy_bandwidth
     from fp4dist.backends import cuda as K

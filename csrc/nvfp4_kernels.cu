@@ -1013,8 +1013,16 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
 __device__ __forceinline__ void compute_sync() {  // the compute warps only (barrier 1)
   asm volatile("bar.sync 1, %0;" ::"n"(wide::kComputeThreads) : "memory");
 }
+// The 8 compute warps of 16-row group g (barriers 2, 3).
+__device__ __forceinline__ void group_sync(int g) {
+  asm volatile("bar.sync %0, %1;" ::"r"(2 + g), "n"(wide::kComputeThreads / 2) : "memory");
+}
+// Warps j and j + 8 hold columns [64 j, 64 j + 64) of the column stages (barriers 4..11, 64 threads).
+__device__ __forceinline__ void column_pair_sync(int j) {
+  asm volatile("bar.sync %0, 64;" ::"r"(4 + j) : "memory");
+}
 
-template <typename T, bool RHT, bool SR>
+template <typename T, bool RHT, bool SR, bool kBoth>
 __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const CastParams p) {
   using namespace wide;
   using TT = Tr<T>;
@@ -1072,6 +1080,38 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   const float* etab_c = etab + 128;
   const int g = warp >> 3, pair = ((warp & 7) << 5) | lane, cpair = 2 * pair;  // column task
   const int64_t rstride = n / 2, sstride = n / 16, cstride = m / 2, csstride = m / 16;
+  // Rowwise blocks of rows 2 warp, 2 warp + 1 of a sub-tile (block = lane); rtmax: its 16x16 tile maxima.
+  const auto row_phase = [&](const uint8_t* rbuf, const uint32_t* rtmax, int rr0, int rrows, int rC0, int rcols) {
+    P v[2][8];
+    uint32_t bits[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const uint4* src = reinterpret_cast<const uint4*>(rbuf + (2 * warp + i) * kRowBytes + lane * 32);
+      const uint4 lo = src[0], hi = src[1];
+      v[i][0] = lo.x, v[i][1] = lo.y, v[i][2] = lo.z, v[i][3] = lo.w;
+      v[i][4] = hi.x, v[i][5] = hi.y, v[i][6] = hi.z, v[i][7] = hi.w;
+      bits[i] = p.block_2d ? rtmax[((2 * warp + i) >> 4) * 32 + lane] : row_maximum<T>(v[i]);
+    }
+    const uint16_t s2 = e4m3x2_satfinite(u2f(bits[0]) * k_row, u2f(bits[1]) * k_row);  // bytes <= 0x7F
+    const int64_t row = rr0 + 2 * warp;
+    uint8_t* rd_p = p.rd + row * rstride + rC0 / 2 + lane * 8;
+    uint8_t* rs_p = p.rs + row * sstride + rC0 / 16 + lane;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const uint32_t s = (s2 >> (8 * i)) & 0xffu;
+      const float e = etab_r[s];
+      uint2 codes;
+      if (!SR && rn_fast_ok(u2f(bits[i]), e)) {
+        if constexpr (!SR) codes = row_codes_fast<T>(v[i], e);
+      } else {
+        codes = row_codes<T, SR>(p, v[i], e, static_cast<uint32_t>(row + i), static_cast<uint32_t>(rC0 + lane * 16));
+      }
+      if (2 * warp + i < rrows && lane * 16 < rcols) {
+        *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;
+        rs_p[i * sstride] = static_cast<uint8_t>(s);
+      }
+    }
+  };
   uint32_t seq = 0, chunk_seq = 0;
   for (uint32_t unit = blockIdx.x; unit < p.num_tiles; unit += gridDim.x) {
     const int R0 = static_cast<int>(unit / units_x) * kUnitRows, C0 = static_cast<int>(unit % units_x) * kCols;
@@ -1086,66 +1126,83 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
       mbar_wait(&full[slot], (seq / kStages) & 1);
       const uint8_t* buf = ring + slot * kStageBytes;
 
-      // ---- column task ----
-      if (p.do_col || p.block_2d) {
-        P raw[16];
+      if constexpr (kBoth) {
+        // ---- both layouts, 1x16 blocks: loads, maxima and scales of all four blocks first (their latencies
+        // overlap), then the codes of each part ----
+        P raw[16], v[2][8];
 #pragma unroll
         for (int j = 0; j < 16; ++j) raw[j] = *reinterpret_cast<const P*>(buf + (g * 16 + j) * kRowBytes + pair * 4);
-        uint4 codes;
-        uint16_t scales;
-        column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + g * 16),
-                                static_cast<uint32_t>(C0 + cpair), lane, tmax + g * 32 + (pair >> 3), codes, scales);
-        if (p.do_col) {
-          // [q][g][column ^ 4q] x 8 bytes: conflict-free here and in the write-out below
-          *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = codes;
-          *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = scales;
-        }
-      }
-      if (p.block_2d) compute_sync();  // tile maxima of this sub-tile complete
-
-      // ---- rowwise blocks: rows 2 warp, 2 warp + 1; block = lane ----
-      if (p.do_row) {
-        P v[2][8];
-        uint32_t bits[2];
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           const uint4* src = reinterpret_cast<const uint4*>(buf + (2 * warp + i) * kRowBytes + lane * 32);
           const uint4 lo = src[0], hi = src[1];
           v[i][0] = lo.x, v[i][1] = lo.y, v[i][2] = lo.z, v[i][3] = lo.w;
           v[i][4] = hi.x, v[i][5] = hi.y, v[i][6] = hi.z, v[i][7] = hi.w;
-          bits[i] = p.block_2d ? tmax[((2 * warp + i) >> 4) * 32 + lane] : row_maximum<T>(v[i]);
         }
-        const uint16_t s2 = e4m3x2_satfinite(u2f(bits[0]) * k_row, u2f(bits[1]) * k_row);  // bytes <= 0x7F
+        uint32_t bits_a, bits_b;
+        column_maxima<T, RHT>(raw, bits_a, bits_b);
+        const uint32_t bits_0 = row_maximum<T>(v[0]), bits_1 = row_maximum<T>(v[1]);
+        const uint16_t cs2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);  // bytes <= 0x7F
+        const uint16_t rs2 = e4m3x2_satfinite(u2f(bits_0) * k_row, u2f(bits_1) * k_row);
+        const float ea = etab_c[cs2 & 0xffu], eb = etab_c[cs2 >> 8];
+        const float e_r[2] = {etab_r[rs2 & 0xffu], etab_r[rs2 >> 8]};
+        const uint32_t bits_r[2] = {bits_0, bits_1};
+        uint4 ccodes;
+        if (!SR && rn_fast_ok(u2f(bits_a), ea) && rn_fast_ok(u2f(bits_b), eb)) {
+          if constexpr (!SR) ccodes = column_codes_fast<T>(raw, ea, eb);
+        } else {
+          ccodes = column_codes<T, SR>(p, raw, ea, eb, static_cast<uint32_t>(r0 + g * 16), static_cast<uint32_t>(C0 + cpair));
+        }
+        *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = ccodes;
+        *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = cs2;
         const int64_t row = r0 + 2 * warp;
         uint8_t* rd_p = p.rd + row * rstride + C0 / 2 + lane * 8;
         uint8_t* rs_p = p.rs + row * sstride + C0 / 16 + lane;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          const uint32_t s = (s2 >> (8 * i)) & 0xffu;
-          const float e = etab_r[s];
           uint2 codes;
-          if (!SR && rn_fast_ok(u2f(bits[i]), e)) {
-            if constexpr (!SR) codes = row_codes_fast<T>(v[i], e);
+          if (!SR && rn_fast_ok(u2f(bits_r[i]), e_r[i])) {
+            if constexpr (!SR) codes = row_codes_fast<T>(v[i], e_r[i]);
           } else {
-            codes = row_codes<T, SR>(p, v[i], e, static_cast<uint32_t>(row + i), static_cast<uint32_t>(C0 + lane * 16));
+            codes = row_codes<T, SR>(p, v[i], e_r[i], static_cast<uint32_t>(row + i), static_cast<uint32_t>(C0 + lane * 16));
           }
           if (2 * warp + i < rows && lane * 16 < cols) {
             *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;
-            rs_p[i * sstride] = static_cast<uint8_t>(s);
+            rs_p[i * sstride] = static_cast<uint8_t>(rs2 >> (8 * i));
           }
         }
+      } else {
+        // ---- column task ----
+        if (p.do_col || p.block_2d) {
+          P raw[16];
+#pragma unroll
+          for (int j = 0; j < 16; ++j) raw[j] = *reinterpret_cast<const P*>(buf + (g * 16 + j) * kRowBytes + pair * 4);
+          uint4 codes;
+          uint16_t scales;
+          column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + g * 16),
+                                  static_cast<uint32_t>(C0 + cpair), lane, tmax + g * 32 + (pair >> 3), codes, scales);
+          if (p.do_col) {
+            // [q][g][column ^ 4q] x 8 bytes: conflict-free here and in the write-out below
+            *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = codes;
+            *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = scales;
+          }
+        }
+        if (p.block_2d) group_sync(g);  // tile maxima of group g (rows 2 warp, 2 warp + 1) complete
+        if (p.do_row) row_phase(buf, tmax, r0, rows, C0, cols);
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[slot]);  // this warp is done with the stage
 
       if (!p.do_col || (q != 3 && !last_sub)) continue;
-      // ---- columnwise codes of the 128-row chunk: 4 lanes per column, 64 contiguous bytes ----
-      compute_sync();
+      // ---- columnwise codes of the 128-row chunk: 4 lanes per column, 64 contiguous bytes. Columns
+      // [64 j, 64 j + 64) were staged by warps j and j + 8 only, so only those two wait for each other ----
+      column_pair_sync(warp & 7);
       ++chunk_seq;
       const int crow0 = r0 - q * kSubRows, crows = min(kChunkRows, m - crow0);
+      const int pair_tid = (warp >> 3) * 32 + lane, pair_c0 = (warp & 7) * 64;  // 64 threads, 64 columns
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const int c = j * (kComputeThreads / 4) + (tid >> 2), qq = tid & 3;
+        const int c = pair_c0 + j * 16 + (pair_tid >> 2), qq = pair_tid & 3;
         if (c < cols && qq * 32 < crows) {
           const int cs = c ^ (qq << 2);
           const uint2 lo = *reinterpret_cast<const uint2*>(stage + ((qq * 2) * kCols + cs) * 8);
@@ -1168,7 +1225,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
       const int nblk = unit_rows / 16;
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int c = j * (kComputeThreads / 2) + (tid >> 1), half = tid & 1;
+        const int c = pair_c0 + j * 32 + (pair_tid >> 1), half = pair_tid & 1;
         if (c < cols && half * 16 < nblk) {
           uint8_t* d = p.cs + static_cast<int64_t>(C0 + c) * csstride + R0 / 16 + half * 16;
           const uint8_t* src = col_scales + half * 16 * kCols + c;
@@ -1184,7 +1241,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
           }
         }
       }
-      compute_sync();  // col_scales is rewritten by the next unit
+      column_pair_sync(warp & 7);  // col_scales is rewritten by the next unit
     }
   }
 }
@@ -1467,7 +1524,7 @@ cudaError_t launch_cast_k(const CastParams& p, bool rht, bool sr, cudaStream_t s
   return sr ? launch_cast_t<T, false, true, TM, RB>(p, stream) : launch_cast_t<T, false, false, TM, RB>(p, stream);
 }
 
-template <typename T, bool RHT, bool SR>
+template <typename T, bool RHT, bool SR, bool kBoth>
 cudaError_t launch_cast_wide_t(const CastParams& p0, cudaStream_t stream) {
   CastParams p = p0;
   const int64_t units = ((p.n + wide::kCols - 1) / wide::kCols) * ((p.m + wide::kUnitRows - 1) / wide::kUnitRows);
@@ -1475,7 +1532,7 @@ cudaError_t launch_cast_wide_t(const CastParams& p0, cudaStream_t stream) {
   p.num_tiles = static_cast<uint32_t>(units);
   p.col_scale_vec = p.do_col && (p.m % 256 == 0) && (reinterpret_cast<uintptr_t>(p.cs) % 16 == 0);
   p.col_data_vec = p.do_col && (p.m % 32 == 0) && (reinterpret_cast<uintptr_t>(p.cd) % 16 == 0);
-  auto kern = cast_wide_kernel<T, RHT, SR>;
+  auto kern = cast_wide_kernel<T, RHT, SR, kBoth>;
   static bool ready[kMaxDevices] = {};  // the shared-memory attribute is per device
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -1491,10 +1548,19 @@ cudaError_t launch_cast_wide_t(const CastParams& p0, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <typename T, bool kBoth>
+cudaError_t launch_cast_wide_b(const CastParams& p, bool rht, bool sr, cudaStream_t stream) {
+  if (rht) {
+    return sr ? launch_cast_wide_t<T, true, true, kBoth>(p, stream) : launch_cast_wide_t<T, true, false, kBoth>(p, stream);
+  }
+  return sr ? launch_cast_wide_t<T, false, true, kBoth>(p, stream) : launch_cast_wide_t<T, false, false, kBoth>(p, stream);
+}
+
+// hoist: both layouts with 1x16 blocks take the kBoth path (variant 17 switches it off, for comparison)
 template <typename T>
-cudaError_t launch_cast_wide(const CastParams& p, bool rht, bool sr, cudaStream_t stream) {
-  if (rht) return sr ? launch_cast_wide_t<T, true, true>(p, stream) : launch_cast_wide_t<T, true, false>(p, stream);
-  return sr ? launch_cast_wide_t<T, false, true>(p, stream) : launch_cast_wide_t<T, false, false>(p, stream);
+cudaError_t launch_cast_wide(const CastParams& p, bool rht, bool sr, bool hoist, cudaStream_t stream) {
+  if (hoist && p.do_row && p.do_col && !p.block_2d) return launch_cast_wide_b<T, true>(p, rht, sr, stream);
+  return launch_cast_wide_b<T, false>(p, rht, sr, stream);
 }
 
 // variant = shape + 10 * G. Shape 7 (16-bit inputs, 16-byte aligned X): the wide kernel (G ignored; other inputs
@@ -1505,12 +1571,13 @@ template <typename T>
 cudaError_t launch_cast_dtype(CastParams p, bool rht, bool sr, int variant, cudaStream_t stream) {
   const uintptr_t xa = reinterpret_cast<uintptr_t>(p.x);
   p.vec_ok = (xa % 16 == 0) && ((p.n * static_cast<int64_t>(sizeof(T))) % 16 == 0);
+  const int full_variant = variant;
   p.group_rows = static_cast<uint32_t>(variant / 10);  // variant = shape + 10 * group rows
   variant %= 10;
   if constexpr (sizeof(T) == 2) {
     // the wide kernel's bulk copies need 16-byte aligned rows (vec_ok); m, n < 2^31 - 512 keep its int math exact
     const bool wide_ok = p.vec_ok && p.m <= 0x7fffffff - 512 && p.n <= 0x7fffffff - 512;
-    if (variant == 7 && wide_ok) return launch_cast_wide<T>(p, rht, sr, stream);
+    if (variant == 7 && wide_ok) return launch_cast_wide<T>(p, rht, sr, full_variant != 17, stream);
     if (variant == 7) {
       variant = 2;
       p.group_rows = 8;

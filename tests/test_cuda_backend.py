@@ -195,7 +195,7 @@ def test_cast_odd_shapes(kern, gen, shape, mode, dtype):
     check_cast(kern, make_input(shape, dtype, gen), **MODES[mode])
 
 
-@pytest.mark.parametrize("variant", [82, 2, 1, 3, 7])
+@pytest.mark.parametrize("variant", [82, 2, 1, 3, 7, 17])
 @pytest.mark.parametrize("mode", ["both", "both_2d", "both_rht_sr"])
 def test_cast_kernel_variants(kern, gen, monkeypatch, variant, mode):
     # every cast kernel the variant switch can select (7: the wide kernel, the default;
