@@ -9,8 +9,10 @@
 // __host__ __device__ so they can also be checked on a CPU (compile with -DFP4DIST_NO_KERNELS).
 //
 // Kernels (sm_90 only; nothing here is sm_100-specific):
-//   cast_kernel<T, RHT, SR, TM, RB>  one pass over X [m, n]: both layouts from one shared-memory tile
-//                                    of TM rows x RB bytes
+//   cast_wide_kernel<T, RHT, SR, kBoth>  bf16 / fp16 with 16-byte aligned rows (the default): one pass over
+//                                    X in 512 x 512 units, a producer warp streaming 32-row sub-tiles
+//   cast_kernel<T, RHT, SR, TM, RB>  the other casts (fp32, unaligned rows): one pass over X [m, n], both
+//                                    layouts from one shared-memory tile of TM rows x RB bytes
 //   amax_kernel<T>            max|X| (grid-stride, 16-byte loads, one atomicMax per CTA)
 //   amax_rht_kernel<T, V>     max|X| and max|RHT(X^T)| (16-row strips, V columns per thread)
 //   dequant_kernel<O>         e2m1 * float(scale) * S_dec -> bf16/fp16/fp32
