@@ -712,16 +712,25 @@ template <typename T, bool RHT, bool SR>
 __device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>::P (&raw)[16], float k_col,
                                             const float* etab_c, uint32_t grow, uint32_t ca, int lane,
                                             uint32_t* tile_max, uint4& codes, uint16_t& scales) {
-  if (p.block_2d) {
-    uint32_t a, b;
-    column_maxima<T, false>(raw, a, b);
-    const uint32_t t = tile_max8(max_u32(a, b));
-    if ((lane & 7) == 0) *tile_max = t;
+  uint32_t bits_a = 0, bits_b = 0, tile_in = 0;  // tile_in: 16x16 tile max of the input (before any RHT)
+  if constexpr (RHT) {
+    if (p.block_2d) {
+      uint32_t a, b;
+      column_maxima<T, false>(raw, a, b);
+      tile_in = tile_max8(max_u32(a, b));
+    }
+  } else {
+    column_maxima<T, false>(raw, bits_a, bits_b);
+    if (p.block_2d) tile_in = tile_max8(max_u32(bits_a, bits_b));
   }
+  if (p.block_2d && (lane & 7) == 0) *tile_max = tile_in;
   if (!p.do_col) return;
-  uint32_t bits_a, bits_b;
-  column_maxima<T, RHT>(raw, bits_a, bits_b);
-  if (p.block_2d) bits_a = bits_b = tile_max8(max_u32(bits_a, bits_b));
+  if constexpr (RHT) {
+    column_maxima<T, true>(raw, bits_a, bits_b);
+    if (p.block_2d) bits_a = bits_b = tile_max8(max_u32(bits_a, bits_b));
+  } else {
+    if (p.block_2d) bits_a = bits_b = tile_in;
+  }
   scales = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);
   const float ea = etab_c[scales & 127], eb = etab_c[(scales >> 8) & 127];
   if constexpr (!SR && sizeof(T) == 2) {
@@ -1082,8 +1091,11 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   const float* etab_c = etab + 128;
   const int g = warp >> 3, pair = ((warp & 7) << 5) | lane, cpair = 2 * pair;  // column task
   const int64_t rstride = n / 2, sstride = n / 16, cstride = m / 2, csstride = m / 16;
-  // Rowwise blocks of rows 2 warp, 2 warp + 1 of a sub-tile (block = lane); rtmax: its 16x16 tile maxima.
-  const auto row_phase = [&](const uint8_t* rbuf, const uint32_t* rtmax, int rr0, int rrows, int rC0, int rcols) {
+  const int64_t rd_step = kSubRows * rstride, rs_step = kSubRows * sstride;  // rowwise outputs per sub-tile
+  // Rowwise blocks of rows 2 warp, 2 warp + 1 of a sub-tile (block = lane); rtmax: its 16x16 tile maxima;
+  // rd_p / rs_p: where this lane's codes / scale of row 2 warp go.
+  const auto row_phase = [&](const uint8_t* rbuf, const uint32_t* rtmax, int rr0, int rrows, int rC0, int rcols,
+                             uint8_t* rd_p, uint8_t* rs_p) {
     P v[2][8];
     uint32_t bits[2];
 #pragma unroll
@@ -1095,9 +1107,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
       bits[i] = p.block_2d ? rtmax[((2 * warp + i) >> 4) * 32 + lane] : row_maximum<T>(v[i]);
     }
     const uint16_t s2 = e4m3x2_satfinite(u2f(bits[0]) * k_row, u2f(bits[1]) * k_row);  // bytes <= 0x7F
-    const int64_t row = rr0 + 2 * warp;
-    uint8_t* rd_p = p.rd + row * rstride + rC0 / 2 + lane * 8;
-    uint8_t* rs_p = p.rs + row * sstride + rC0 / 16 + lane;
+    const int row = rr0 + 2 * warp;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const uint32_t s = (s2 >> (8 * i)) & 0xffu;
@@ -1118,9 +1128,14 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   for (uint32_t unit = blockIdx.x; unit < p.num_tiles; unit += gridDim.x) {
     const int R0 = static_cast<int>(unit / units_x) * kUnitRows, C0 = static_cast<int>(unit % units_x) * kCols;
     const int cols = min(kCols, n - C0), unit_rows = min(kUnitRows, m - R0);
+    // this lane's rowwise codes / scale of row 2 warp in the unit's first sub-tile
+    uint8_t* const rd_unit = p.do_row ? p.rd + static_cast<int64_t>(R0 + 2 * warp) * rstride + C0 / 2 + lane * 8 : nullptr;
+    uint8_t* const rs_unit = p.do_row ? p.rs + static_cast<int64_t>(R0 + 2 * warp) * sstride + C0 / 16 + lane : nullptr;
     for (int k = 0; k * kSubRows < unit_rows; ++k, ++seq) {
       const int slot = seq % kStages;
       const int r0 = R0 + k * kSubRows, rows = min(kSubRows, unit_rows - k * kSubRows);
+      uint8_t* const rd_p = rd_unit + k * rd_step;  // used only when p.do_row
+      uint8_t* const rs_p = rs_unit + k * rs_step;
       const int q = k & 3;  // 32-row piece of the 128-row chunk
       uint8_t* stage = col_stage + (chunk_seq & 1) * kColStageBytes;
       uint32_t* tmax = tile_max + (seq & 1) * 64;
@@ -1157,9 +1172,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         }
         *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = ccodes;
         *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = cs2;
-        const int64_t row = r0 + 2 * warp;
-        uint8_t* rd_p = p.rd + row * rstride + C0 / 2 + lane * 8;
-        uint8_t* rs_p = p.rs + row * sstride + C0 / 16 + lane;
+        const int row = r0 + 2 * warp;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           uint2 codes;
@@ -1190,7 +1203,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
           }
         }
         if (p.block_2d) group_sync(g);  // tile maxima of group g (rows 2 warp, 2 warp + 1) complete
-        if (p.do_row) row_phase(buf, tmax, r0, rows, C0, cols);
+        if (p.do_row) row_phase(buf, tmax, r0, rows, C0, cols, rd_p, rs_p);
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[slot]);  // this warp is done with the stage
