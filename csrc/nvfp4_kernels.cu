@@ -956,8 +956,9 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
 // Wide cast kernel (bf16 / fp16 inputs, the default for them)
 //
 // Why: the 128 x 128 kernel above writes its scales 8 bytes per row / column per tile (a quarter of a
-// 32-byte sector) and re-synchronizes the CTA twice per tile; on the H100 those partial-sector scale writes
-// alone cost ~20% of its time (docs/benchmarks.md). Here every global write covers whole sectors:
+// 32-byte sector) and re-synchronizes the CTA twice per tile; on the H100, with its quantization switched
+// off, it still ran at 61% of copy bandwidth, 76% with the same scales in whole sectors (docs/benchmarks.md).
+// Here every global write covers whole sectors:
 //   unit = 512 rows x 512 columns of X, visited by one CTA as 16 sub-tiles of 32 rows (32 KB each);
 //   rowwise: a warp quantizes one row of a sub-tile (32 lanes x 16 columns) and writes 256 contiguous code
 //     bytes and 32 contiguous scale bytes;
@@ -965,8 +966,9 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
 //     whole unit (32 bytes per column, 2 lanes per column).
 // One CTA per SM: a producer warp streams sub-tiles into a 4-stage shared-memory ring with bulk copies
 // (cp.async.bulk, one per row, completion on an mbarrier); 16 compute warps consume them and hand each stage
-// back through a second mbarrier, so the compute warps only meet at a CTA barrier once per 128 rows (once
-// per sub-tile with 16x16 tiles, whose tile maxima cross warps).
+// back through a second mbarrier. Compute warps wait for each other only where data crosses warps: the two
+// warps that staged the same 64 columns once per 128 rows, and with 16x16 tiles the 8 warps of a 16-row group
+// once per sub-tile (the tile maxima).
 // Per sub-tile, compute warp w: column task (16-row group w / 8, column pair 32 (w % 8) + lane) and the
 // rowwise blocks of rows 2w and 2w + 1 (block = lane). Partial units (m or n not multiples of 512) compute on
 // stale shared memory where X ends and write only what lies inside X.
