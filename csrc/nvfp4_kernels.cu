@@ -1573,10 +1573,10 @@ cudaError_t launch_cast_wide_b(const CastParams& p, bool rht, bool sr, cudaStrea
   return sr ? launch_cast_wide_t<T, false, true, kBoth>(p, stream) : launch_cast_wide_t<T, false, false, kBoth>(p, stream);
 }
 
-// hoist: both layouts with 1x16 blocks take the kBoth path (variant 17 switches it off, for comparison)
+// both_path: casts to both layouts with 1x16 blocks take the kBoth path (variant 17 turns it off, for comparison)
 template <typename T>
-cudaError_t launch_cast_wide(const CastParams& p, bool rht, bool sr, bool hoist, cudaStream_t stream) {
-  if (hoist && p.do_row && p.do_col && !p.block_2d) return launch_cast_wide_b<T, true>(p, rht, sr, stream);
+cudaError_t launch_cast_wide(const CastParams& p, bool rht, bool sr, bool both_path, cudaStream_t stream) {
+  if (both_path && p.do_row && p.do_col && !p.block_2d) return launch_cast_wide_b<T, true>(p, rht, sr, stream);
   return launch_cast_wide_b<T, false>(p, rht, sr, stream);
 }
 
