@@ -7,7 +7,7 @@ Builds a patched copy of csrc/ in /tmp/exp_csrc (the patch asserts the lines it 
 once the kernel changes) and selects the mode through the cast variant (variant + 1000 * mode bits):
 1 rowwise data, 2 rowwise scales, 4 columnwise data, 8 columnwise scales switched off; 16 / 32 the
 rowwise / columnwise scales as one 8-byte store per row / column; 64 prefetch the next tile's scale
-sectors into L2; 128 L2 hints (input loads evict-first, data stores streaming); 256 scales written
+sectors into L2; 256 scales written
 tile-major (whole sectors, wrong layout); 512 no quantization (stores of raw bits); 1024 scale stores
 with an L2 evict-last policy; 2048 no loads after the first two tiles (compute on stale tiles); 4096 data
 written tile-major.
@@ -60,12 +60,6 @@ def patched_sources() -> Path:
     patches += [
         # helpers
         ("__device__ __forceinline__ void cp_async_commit()",
-         "__device__ __forceinline__ void cp_async16_ef(void* smem, const void* gmem) {\n"
-         "  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));\n"
-         "  uint64_t pol;\n"
-         "  asm volatile(\"createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\" : \"=l\"(pol));\n"
-         "  asm volatile(\"cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\\n\" ::\"r\"(s), \"l\"(gmem), \"l\"(pol) : \"memory\");\n"
-         "}\n"
          "__device__ __forceinline__ uint64_t pol_evict_last() {\n"
          "  uint64_t pol;\n"
          "  asm volatile(\"createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\" : \"=l\"(pol));\n"
@@ -78,12 +72,6 @@ def patched_sources() -> Path:
          "  asm volatile(\"st.global.L2::cache_hint.b32 [%0], %1, %2;\" :: \"l\"(a), \"r\"(v), \"l\"(pol_evict_last()) : \"memory\");\n"
          "}\n"
          "__device__ __forceinline__ void cp_async_commit()"),
-        # 128: evict-first input loads
-        ("      for (int i = 0; i < kChunks; ++i) cp_async16(dst + i * kRowsPerPass * RB, src + i * step, true);",
-         "      for (int i = 0; i < kChunks; ++i) {\n"
-         "        if (p.dbg & 128) cp_async16_ef(dst + i * kRowsPerPass * RB, src + i * step);\n"
-         "        else cp_async16(dst + i * kRowsPerPass * RB, src + i * step, true);\n"
-         "      }"),
         # 2048: no loads after the first two tiles
         ("      if (tile + gridDim.x < p.num_tiles) {\n        cursor_coords(p, cur, ty, tx);\n"
          "        load_tile<T, TM, RB>(p, bufs + ((it + 1) & 1) * S::kTileBytes, ty, tx);\n      }",
@@ -123,16 +111,11 @@ def patched_sources() -> Path:
          "            continue;\n"
          "          }\n"
          "        }\n"),
-        # 128 / 4096: rowwise data streaming / tile-major
+        # 4096: rowwise data tile-major
         ("        if (!(p.dbg & 1)) *reinterpret_cast<uint2*>(rd_p) = q;\n",
          "        const int64_t tile_lin = static_cast<int64_t>(r0 / S::kTM) * p.tiles_x + c0 / S::kTN;\n"
          "        uint8_t* rdw = (p.dbg & 4096) ? p.rd + tile_lin * (S::kTM * S::kTN / 2) + row * (S::kTN / 2) + blk * 8 : rd_p;\n"
-         "        if (p.dbg & 1) {\n"
-         "        } else if (p.dbg & 128) {\n"
-         "          __stcs(reinterpret_cast<uint2*>(rdw), q);\n"
-         "        } else {\n"
-         "          *reinterpret_cast<uint2*>(rdw) = q;\n"
-         "        }\n"),
+         "        if (!(p.dbg & 1)) *reinterpret_cast<uint2*>(rdw) = q;\n"),
         # 256 / 1024: rowwise scales tile-major / evict-last
         ("        } else if (!(p.dbg & 2)) {\n          *rs_p = s;\n        }",
          "        } else if (p.dbg & 2) {\n"
@@ -143,18 +126,13 @@ def patched_sources() -> Path:
          "        } else {\n"
          "          *rs_p = s;\n"
          "        }"),
-        # 128 / 4096: columnwise data streaming / tile-major
+        # 4096: columnwise data tile-major
         ("          if (!(p.dbg & 4))\n"
          "            *reinterpret_cast<uint4*>(dst + j * kColStep * cstride) = make_uint4(part0.x, part0.y, part1.x, part1.y);",
          "          const int64_t tile_lin = static_cast<int64_t>(r0 / S::kTM) * p.tiles_x + c0 / S::kTN;\n"
          "          uint8_t* dw = (p.dbg & 4096) ? p.cd + tile_lin * (S::kTM * S::kTN / 2) + (col0 + j * kColStep) * (S::kTM / 2) + 16 * h\n"
          "                                       : dst + j * kColStep * cstride;\n"
-         "          if (p.dbg & 4) {\n"
-         "          } else if (p.dbg & 128) {\n"
-         "            __stcs(reinterpret_cast<uint4*>(dw), make_uint4(part0.x, part0.y, part1.x, part1.y));\n"
-         "          } else {\n"
-         "            *reinterpret_cast<uint4*>(dw) = make_uint4(part0.x, part0.y, part1.x, part1.y);\n"
-         "          }"),
+         "          if (!(p.dbg & 4)) *reinterpret_cast<uint4*>(dw) = make_uint4(part0.x, part0.y, part1.x, part1.y);"),
         # 256: columnwise scales tile-major (one 8-byte store per column)
         ("      if (tid < cols && (p.dbg & 32)) {",
          "      if (tid < cols && (p.dbg & 256) && !(p.dbg & 8)) {\n"
@@ -205,9 +183,8 @@ def patched_sources() -> Path:
 
 MODES = {0: "all stores", 1: "no row data", 2: "no row scales", 4: "no col data", 8: "no col scales",
          10: "no scales", 15: "no stores", 16: "row scales x8", 32: "col scales x8", 48: "both scales x8",
-         64: "prefetch scale sectors", 128: "L2 hints", 192: "prefetch + hints", 1024: "scales evict-last",
-         1088: "evict-last + prefetch", 1216: "evict-last+pf+hints", 256: "scales tile-major",
-         384: "scales tile-major+hints", 4352: "all tile-major", 4096: "data tile-major", 512: "no quantization",
+         64: "prefetch scale sectors", 1024: "scales evict-last", 1088: "evict-last + prefetch",
+         256: "scales tile-major", 4352: "all tile-major", 4096: "data tile-major", 512: "no quantization",
          527: "no quant, no stores", 768: "no quant, scales tm", 2048: "no loads", 2063: "no loads, no stores"}
 
 
