@@ -1,7 +1,11 @@
 """Diagnose the cast kernel: time it per layout (rowwise only, columnwise only, both) and optionally run it
 once more for a profiler (Nsight Compute: ``ncu --launch-skip K --launch-count 1 python ... --profile``).
 
-    python benchmarks/profile_cast.py [--size 16384] [--mode 1d|rht|2d] [--profile]
+    python benchmarks/profile_cast.py [--size 16384] [--mode 1d|rht|2d] [--profile | --fixed-costs]
+
+--fixed-costs times the fused cast (both layouts) and a copy of the same byte count two ways: as
+bench_kernels.py does (triton do_bench, which flushes L2 before each call) and back to back (50 calls
+between two events, no flush), to show what each call pays besides its bytes.
 
 Bytes counted as in bench_kernels.py: the input read once + the requested outputs written once.
 """
@@ -21,11 +25,25 @@ from bench_kernels import bench, copy_bandwidth  # noqa: E402
 from fp4dist.backends import cuda as K  # noqa: E402
 
 
+def back_to_back(fn, reps: int = 50) -> float:
+    """Mean time per call of reps calls launched back to back, in microseconds."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / reps
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--mode", choices=["1d", "rht", "2d"], default="1d")
     ap.add_argument("--profile", action="store_true", help="one warm-up cast, then one cast (both layouts) to profile")
+    ap.add_argument("--fixed-costs", action="store_true", help="do_bench vs back-to-back timing, cast and copy")
     args = ap.parse_args()
     s = args.size
     x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16) * torch.exp(
@@ -37,6 +55,15 @@ def main():
         return K.cast(x, amax, rowwise=row, columnwise=col, block_2d=block_2d, rht=rht, stochastic_rounding=False,
                       seed=0, rng_offset=0, row_offset=0)
 
+    if args.fixed_costs:
+        nbytes = 2 * s * s + 2 * (s * s // 2 + s * s // 16)
+        src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        for name, fn in (("cast both", lambda: cast(True, True)), ("copy, same bytes", lambda: dst.copy_(src))):
+            t_flush, t_b2b = bench(fn), back_to_back(fn)
+            print(f"{args.mode} {s}x{s} {name:16s} do_bench {t_flush:8.1f} us ({nbytes / t_flush / 1e3:5.0f} GB/s), "
+                  f"back to back {t_b2b:8.1f} us ({nbytes / t_b2b / 1e3:5.0f} GB/s)")
+        return
     if args.profile:
         cast(True, True)
         torch.cuda.synchronize()
