@@ -674,13 +674,14 @@ __device__ __forceinline__ uint2 row_codes_fast(const uint32_t (&v)[8], float e)
 }
 
 // General path: any block, RN or SR.
+// key: the SR stream key (p.key_col for the columnwise layout).
 template <typename T, bool SR>
 __device__ __forceinline__ uint4 column_codes(const CastParams& p, const typename Tr<T>::P (&raw)[16], float ea,
-                                              float eb, uint32_t grow, uint32_t ca) {
+                                              float eb, uint32_t grow, uint32_t ca, uint32_t key) {
   uint32_t hrow[16] = {};
   if constexpr (SR) {
 #pragma unroll
-    for (int k = 0; k < 16; ++k) hrow[k] = mix32(p.key_col ^ (p.row_offset + grow + k));
+    for (int k = 0; k < 16; ++k) hrow[k] = mix32(key ^ (p.row_offset + grow + k));
   }
   const uint32_t cb = ca + 1;
   const uint2 qa = quantize16_fn<SR>([&](int k) { return Tr<T>::first(raw[k]); }, ea,
@@ -703,6 +704,54 @@ __device__ __forceinline__ uint32_t tile_max8(uint32_t t) {
   t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 1));
   t = max_u32(t, __shfl_xor_sync(0xffffffffu, t, 2));
   return max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
+}
+
+// Codes of the two columns of a columnwise task, both blocks with encode scale e (a 16x16 tile: bits = its max).
+template <typename T, bool SR>
+__device__ __forceinline__ uint4 tile_column_codes(const CastParams& p, const typename Tr<T>::P (&raw)[16],
+                                                   uint32_t bits, float e, uint32_t grow, uint32_t ca, uint32_t key) {
+  if constexpr (!SR) {
+    if (rn_fast_ok(u2f(bits), e)) return column_codes_fast<T>(raw, e, e);
+  }
+  return column_codes<T, SR>(p, raw, e, e, grow, ca, key);
+}
+
+// Transposes the codes of a 16x16 tile held by the 8 lanes t = lane % 8 of a lane group. In: lane t's columnwise
+// codes of columns 2t, 2t + 1 (as column_codes returns them: .x / .y rows 0-7 / 8-15 of column 2t, .z / .w of
+// column 2t + 1). Out: rows 2t (.x, .y) and 2t + 1 (.z, .w) of the tile in the rowwise layout (byte j = columns
+// 2j, 2j + 1, low nibble first). Byte (row r; columns 2t, 2t + 1) travels to lane r / 2 in three exchanges
+// with lane ^ 1, ^ 2, ^ 4: each moves half of a lane's 16 bytes, those whose destination differs in that bit.
+__device__ __forceinline__ uint4 tile_rows_from_columns(const uint4 c, int lane) {
+  // e0 / o0: rows 0, 2, 4, 6 / 1, 3, 5, 7 (byte q: row 2q / 2q + 1); e1 / o1: rows 8-15 likewise
+  uint32_t e0 = (c.x & 0x0F0F0F0Fu) | ((c.z << 4) & 0xF0F0F0F0u);
+  uint32_t o0 = ((c.x >> 4) & 0x0F0F0F0Fu) | (c.z & 0xF0F0F0F0u);
+  uint32_t e1 = (c.y & 0x0F0F0F0Fu) | ((c.w << 4) & 0xF0F0F0F0u);
+  uint32_t o1 = ((c.y >> 4) & 0x0F0F0F0Fu) | (c.w & 0xF0F0F0F0u);
+  {  // destination lane bit 0 = byte bit 0: keep the bytes whose bit 0 is this lane's, swap the others
+    const bool x = lane & 1;
+    const uint32_t send = x ? 0x6420u : 0x7531u, keep_e = x ? 0x3514u : 0x5240u, keep_o = x ? 0x3716u : 0x7260u;
+    const uint32_t r0 = __shfl_xor_sync(0xffffffffu, prmt(e0, o0, send), 1);
+    const uint32_t r1 = __shfl_xor_sync(0xffffffffu, prmt(e1, o1, send), 1);
+    e0 = prmt(e0, r0, keep_e), o0 = prmt(o0, r0, keep_o), e1 = prmt(e1, r1, keep_e), o1 = prmt(o1, r1, keep_o);
+  }
+  {  // destination lane bit 1 = byte bit 1
+    const bool x = lane & 2;
+    const uint32_t send = x ? 0x5410u : 0x7632u, keep_e = x ? 0x3254u : 0x5410u, keep_o = x ? 0x3276u : 0x7610u;
+    const uint32_t r0 = __shfl_xor_sync(0xffffffffu, prmt(e0, o0, send), 2);
+    const uint32_t r1 = __shfl_xor_sync(0xffffffffu, prmt(e1, o1, send), 2);
+    e0 = prmt(e0, r0, keep_e), o0 = prmt(o0, r0, keep_o), e1 = prmt(e1, r1, keep_e), o1 = prmt(o1, r1, keep_o);
+  }
+  {  // destination lane bit 2 = word (rows 0-7 or 8-15)
+    const bool x = lane & 4;
+    const uint32_t r0 = __shfl_xor_sync(0xffffffffu, x ? e0 : e1, 4);
+    const uint32_t r1 = __shfl_xor_sync(0xffffffffu, x ? o0 : o1, 4);
+    if (x) {
+      e0 = r0, o0 = r1;
+    } else {
+      e1 = r0, o1 = r1;
+    }
+  }
+  return make_uint4(e0, e1, o0, o1);
 }
 
 // A columnwise task. With 16x16 tiles the tile max of the input (before any RHT) goes to *tile_max (written
@@ -739,7 +788,7 @@ __device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>:
       return;
     }
   }
-  codes = column_codes<T, SR>(p, raw, ea, eb, grow, ca);
+  codes = column_codes<T, SR>(p, raw, ea, eb, grow, ca, p.key_col);
 }
 
 // A rowwise block at column cbase. bits_2d: the 16x16 tile max (fp32 magnitude bits) when p.block_2d.
@@ -967,10 +1016,13 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
 // One CTA per SM: a producer warp streams sub-tiles into a 4-stage shared-memory ring with bulk copies
 // (cp.async.bulk, one per row, completion on an mbarrier); 16 compute warps consume them and hand each stage
 // back through a second mbarrier. Compute warps wait for each other only where data crosses warps: the two
-// warps that staged the same 64 columns once per 128 rows, and with 16x16 tiles the 8 warps of a 16-row group
-// once per sub-tile (the tile maxima).
-// Per sub-tile, compute warp w: column task (16-row group w / 8, column pair 32 (w % 8) + lane) and the
-// rowwise blocks of rows 2w and 2w + 1 (block = lane). Partial units (m or n not multiples of 512) compute on
+// warps that staged the same 64 columns once per 128 rows, and with 16x16 tiles all 16 once per unit (the
+// rowwise scales).
+// Per sub-tile, compute warp w: column task (16-row group w / 8, column pair 32 (w % 8) + lane) and, with 1x16
+// blocks, the rowwise blocks of rows 2w and 2w + 1 (block = lane). With 16x16 tiles the column task's 8 lanes
+// of a tile also give its rowwise codes: the tile's codes (the same for both layouts when their scales are),
+// transposed by shuffles; each row of the warp's 16 x 64 region leaves as 32 contiguous bytes, and the
+// rowwise scales, one per tile, are staged for the unit. Partial units (m or n not multiples of 512) compute on
 // stale shared memory where X ends and write only what lies inside X.
 // ------------------------------------------------------------------------------------------------
 
@@ -987,8 +1039,9 @@ constexpr int kRowBytes = kCols * 2;
 constexpr int kStageBytes = kSubRows * kRowBytes;                    // 32 KB
 constexpr int kColStageBytes = kChunkRows / 2 * kCols;               // 32 KB: [q 4][g 2][column 512] x 8 bytes
 constexpr int kColScaleBytes = kUnitRows / 16 * kCols;               // 16 KB: [block 32][column 512]
+constexpr int kRowTileScaleBytes = kUnitRows / 16 * (kCols / 16);   // 1 KB: [16-row group 32][tile column 32]
 constexpr int kSmemBytes = kStages * kStageBytes + 2 * kColStageBytes + kColScaleBytes + 2 * 128 * 4 +
-                           2 * 64 * 4 + 2 * kStages * 8;
+                           2 * kRowTileScaleBytes + 2 * kStages * 8;
 static_assert(kWarps * 32 == 2 * (kCols / 2), "one column task per compute thread and sub-tile");
 static_assert(kWarps * 2 == kSubRows && kCols / 16 == 32, "two rows per compute warp, one block per lane");
 }  // namespace wide
@@ -1026,10 +1079,6 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
 __device__ __forceinline__ void compute_sync() {  // the compute warps only (barrier 1)
   asm volatile("bar.sync 1, %0;" ::"n"(wide::kComputeThreads) : "memory");
 }
-// The 8 compute warps of 16-row group g (barriers 2, 3).
-__device__ __forceinline__ void group_sync(int g) {
-  asm volatile("bar.sync %0, %1;" ::"r"(2 + g), "n"(wide::kComputeThreads / 2) : "memory");
-}
 // Warps j and j + 8 hold columns [64 j, 64 j + 64) of the column stages (barriers 4..11, 64 threads).
 __device__ __forceinline__ void column_pair_sync(int j) {
   asm volatile("bar.sync %0, 64;" ::"r"(4 + j) : "memory");
@@ -1046,8 +1095,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   uint8_t* col_stage = ring + kStages * kStageBytes;                     // [2][kColStageBytes]
   uint8_t* col_scales = col_stage + 2 * kColStageBytes;                  // [32][512]
   float* etab = reinterpret_cast<float*>(col_scales + kColScaleBytes);   // [2][128]
-  uint32_t* tile_max = reinterpret_cast<uint32_t*>(etab + 256);          // [2][2 groups][32 tiles]
-  uint64_t* full = reinterpret_cast<uint64_t*>(tile_max + 128);          // [kStages]: stage loaded
+  uint8_t* row_tile_scales = reinterpret_cast<uint8_t*>(etab + 256);    // [2][32][32]: 16x16 tiles, rowwise
+  uint64_t* full = reinterpret_cast<uint64_t*>(row_tile_scales + 2 * kRowTileScaleBytes);  // [kStages]: loaded
   uint64_t* empty = full + kStages;                                      // [kStages]: stage consumed
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -1094,10 +1143,10 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   const int g = warp >> 3, pair = ((warp & 7) << 5) | lane, cpair = 2 * pair;  // column task
   const int64_t rstride = n / 2, sstride = n / 16, cstride = m / 2, csstride = m / 16;
   const int64_t rd_step = kSubRows * rstride, rs_step = kSubRows * sstride;  // rowwise outputs per sub-tile
-  // Rowwise blocks of rows 2 warp, 2 warp + 1 of a sub-tile (block = lane); rtmax: its 16x16 tile maxima;
-  // rd_p / rs_p: where this lane's codes / scale of row 2 warp go.
-  const auto row_phase = [&](const uint8_t* rbuf, const uint32_t* rtmax, int rr0, int rrows, int rC0, int rcols,
-                             uint8_t* rd_p, uint8_t* rs_p) {
+  // Rowwise 1x16 blocks of rows 2 warp, 2 warp + 1 of a sub-tile (block = lane); rd_p / rs_p: where this lane's
+  // codes / scale of row 2 warp go.
+  const auto row_phase = [&](const uint8_t* rbuf, int rr0, int rrows, int rC0, int rcols, uint8_t* rd_p,
+                             uint8_t* rs_p) {
     P v[2][8];
     uint32_t bits[2];
 #pragma unroll
@@ -1106,7 +1155,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
       const uint4 lo = src[0], hi = src[1];
       v[i][0] = lo.x, v[i][1] = lo.y, v[i][2] = lo.z, v[i][3] = lo.w;
       v[i][4] = hi.x, v[i][5] = hi.y, v[i][6] = hi.z, v[i][7] = hi.w;
-      bits[i] = p.block_2d ? rtmax[((2 * warp + i) >> 4) * 32 + lane] : row_maximum<T>(v[i]);
+      bits[i] = row_maximum<T>(v[i]);
     }
     const uint16_t s2 = e4m3x2_satfinite(u2f(bits[0]) * k_row, u2f(bits[1]) * k_row);  // bytes <= 0x7F
     const int row = rr0 + 2 * warp;
@@ -1126,8 +1175,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
       }
     }
   };
-  uint32_t seq = 0, chunk_seq = 0;
-  for (uint32_t unit = blockIdx.x; unit < p.num_tiles; unit += gridDim.x) {
+  uint32_t seq = 0, chunk_seq = 0, unit_seq = 0;
+  for (uint32_t unit = blockIdx.x; unit < p.num_tiles; unit += gridDim.x, ++unit_seq) {
     const int R0 = static_cast<int>(unit / units_x) * kUnitRows, C0 = static_cast<int>(unit % units_x) * kCols;
     const int cols = min(kCols, n - C0), unit_rows = min(kUnitRows, m - R0);
     // this lane's rowwise codes / scale of row 2 warp in the unit's first sub-tile
@@ -1140,7 +1189,6 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
       uint8_t* const rs_p = rs_unit + k * rs_step;
       const int q = k & 3;  // 32-row piece of the 128-row chunk
       uint8_t* stage = col_stage + (chunk_seq & 1) * kColStageBytes;
-      uint32_t* tmax = tile_max + (seq & 1) * 64;
       const bool last_sub = (k + 1) * kSubRows >= unit_rows;
       mbar_wait(&full[slot], (seq / kStages) & 1);
       const uint8_t* buf = ring + slot * kStageBytes;
@@ -1170,7 +1218,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         if (!SR && rn_fast_ok(u2f(bits_a), ea) && rn_fast_ok(u2f(bits_b), eb)) {
           if constexpr (!SR) ccodes = column_codes_fast<T>(raw, ea, eb);
         } else {
-          ccodes = column_codes<T, SR>(p, raw, ea, eb, static_cast<uint32_t>(r0 + g * 16), static_cast<uint32_t>(C0 + cpair));
+          ccodes = column_codes<T, SR>(p, raw, ea, eb, static_cast<uint32_t>(r0 + g * 16), static_cast<uint32_t>(C0 + cpair),
+                                          p.key_col);
         }
         *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = ccodes;
         *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = cs2;
@@ -1188,27 +1237,86 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
             rs_p[i * sstride] = static_cast<uint8_t>(rs2 >> (8 * i));
           }
         }
+      } else if (p.block_2d) {
+        // ---- 16x16 tiles: lane group u = lane / 8 quantizes tile (g, 4 (warp % 8) + u) of the sub-tile from its
+        // column task; its rowwise codes are the tile's codes transposed across the 8 lanes. No other warp
+        // takes part: the rowwise scales (one per tile) are staged and written at the end of the unit ----
+        P raw[16];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) raw[j] = *reinterpret_cast<const P*>(buf + (g * 16 + j) * kRowBytes + pair * 4);
+        uint32_t bits_a, bits_b;
+        column_maxima<T, false>(raw, bits_a, bits_b);
+        const uint32_t tile_in = tile_max8(max_u32(bits_a, bits_b));  // of the input
+        const uint32_t grow = static_cast<uint32_t>(r0 + g * 16), ca = static_cast<uint32_t>(C0 + cpair);
+        uint4 rcodes = make_uint4(0u, 0u, 0u, 0u);
+        uint32_t s_r = 0;
+        float e_r = 0.0f;
+        if (p.do_row) {
+          s_r = e4m3_satfinite(u2f(tile_in) * k_row);
+          e_r = etab_r[s_r];
+          rcodes = tile_column_codes<T, SR>(p, raw, tile_in, e_r, grow, ca, p.key_row);
+        }
+        if (p.do_col) {
+          uint32_t bits_c = tile_in;
+          if constexpr (RHT) {
+            column_maxima<T, true>(raw, bits_a, bits_b);
+            bits_c = tile_max8(max_u32(bits_a, bits_b));
+          }
+          const uint32_t s_c = e4m3_satfinite(u2f(bits_c) * k_col);
+          const float e_c = etab_c[s_c];
+          // the same scale and SR stream give the same codes (the rowwise ones are already there)
+          const bool same = !RHT && p.do_row && e_c == e_r && (!SR || p.key_col == p.key_row);
+          const uint4 ccodes = same ? rcodes : tile_column_codes<T, SR>(p, raw, bits_c, e_c, grow, ca, p.key_col);
+          *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = ccodes;
+          *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = static_cast<uint16_t>(s_c * 0x101u);
+        }
+        if (p.do_row) {
+          const uint4 rows2 = tile_rows_from_columns(rcodes, lane);  // rows 2 (lane % 8), + 1 of the tile
+          const int tile_c = 16 * (pair >> 3);                        // the tile's first column in the unit
+          if (g * 16 < rows && tile_c < cols) {
+            uint8_t* d = p.rd + static_cast<int64_t>(r0 + g * 16 + 2 * (lane & 7)) * rstride + (C0 + tile_c) / 2;
+            *reinterpret_cast<uint2*>(d) = make_uint2(rows2.x, rows2.y);
+            *reinterpret_cast<uint2*>(d + rstride) = make_uint2(rows2.z, rows2.w);
+          }
+          if ((lane & 7) == 0)
+            row_tile_scales[(unit_seq & 1) * kRowTileScaleBytes + (k * 2 + g) * 32 + (pair >> 3)] =
+                static_cast<uint8_t>(s_r);
+        }
       } else {
-        // ---- column task ----
-        if (p.do_col || p.block_2d) {
+        // ---- one layout, 1x16 blocks: column task, then the rowwise blocks ----
+        if (p.do_col) {
           P raw[16];
 #pragma unroll
           for (int j = 0; j < 16; ++j) raw[j] = *reinterpret_cast<const P*>(buf + (g * 16 + j) * kRowBytes + pair * 4);
           uint4 codes;
           uint16_t scales;
           column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + g * 16),
-                                  static_cast<uint32_t>(C0 + cpair), lane, tmax + g * 32 + (pair >> 3), codes, scales);
-          if (p.do_col) {
-            // [q][g][column ^ 4q] x 8 bytes: conflict-free here and in the write-out below
-            *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = codes;
-            *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = scales;
-          }
+                                  static_cast<uint32_t>(C0 + cpair), lane, nullptr, codes, scales);
+          // [q][g][column ^ 4q] x 8 bytes: conflict-free here and in the write-out below
+          *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = codes;
+          *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = scales;
         }
-        if (p.block_2d) group_sync(g);  // tile maxima of group g (rows 2 warp, 2 warp + 1) complete
-        if (p.do_row) row_phase(buf, tmax, r0, rows, C0, cols, rd_p, rs_p);
+        if (p.do_row) row_phase(buf, r0, rows, C0, cols, rd_p, rs_p);
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[slot]);  // this warp is done with the stage
+
+      if (p.block_2d && p.do_row && last_sub) {
+        // ---- rowwise scales of the unit, 16x16 tiles: warp w writes 16-row groups 2w, 2w + 1, one row per store
+        // (32 lanes, 32 bytes) ----
+        compute_sync();  // every tile scale of the unit is staged
+        const uint8_t* staged = row_tile_scales + (unit_seq & 1) * kRowTileScaleBytes;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int grp = 2 * warp + h;
+          if (grp * 16 < unit_rows && lane * 16 < cols) {
+            const uint8_t sb = staged[grp * 32 + lane];
+            uint8_t* d = p.rs + static_cast<int64_t>(R0 + grp * 16) * sstride + C0 / 16 + lane;
+#pragma unroll
+            for (int rr = 0; rr < 16; ++rr) d[rr * sstride] = sb;
+          }
+        }
+      }
 
       if (!p.do_col || (q != 3 && !last_sub)) continue;
       // ---- columnwise codes of the 128-row chunk: 4 lanes per column, 64 contiguous bytes. Columns

@@ -153,6 +153,8 @@ MODES = {
     "both_rht_sr": dict(rowwise=True, columnwise=True, rht=True, sr=True, seed=99, rng_offset=3, row_offset=48),
     "both_2d_sr": dict(rowwise=True, columnwise=True, block_2d=True, sr=True, seed=5, rng_offset=0,
                        row_offset=123456),
+    # not a combination the quantizer asks for; the kernels support it (rowwise tiles of X, columnwise of RHT(X))
+    "both_2d_rht": dict(rowwise=True, columnwise=True, block_2d=True, rht=True),
 }
 
 
@@ -189,6 +191,10 @@ def test_cast_large(kern, gen, mode, dtype):
     ((528, 1040), "both_rht_sr"),
     ((1040, 528), "both_2d"),
     ((1040, 528), "col_rht"),
+    ((528, 1040), "row_2d"),
+    ((528, 1040), "col_2d"),
+    ((1040, 528), "both_2d_sr"),
+    ((1040, 528), "both_2d_rht"),
 ])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_cast_odd_shapes(kern, gen, shape, mode, dtype):
@@ -203,6 +209,17 @@ def test_cast_kernel_variants(kern, gen, monkeypatch, variant, mode):
     monkeypatch.setattr(kern, "_CAST_VARIANT", variant)
     for dtype in (torch.bfloat16, torch.float16):
         check_cast(kern, make_input((1040, 528), dtype, gen), **MODES[mode])
+
+
+@pytest.mark.parametrize("mode", ["both_2d", "both_2d_sr"])
+@pytest.mark.parametrize("shape", [(1040, 528), (1024, 4096)], ids=lambda s: "x".join(map(str, s)))
+def test_cast_2d_distinct_layout_amax(kern, gen, shape, mode):
+    # 16x16 tiles with a different amax per layout (as a caller may pass): the two layouts' scales differ, so
+    # the rowwise codes can not be the columnwise codes transposed
+    x = make_input(shape, torch.bfloat16, gen)
+    a = ref.compute_amax(x.reshape(-1, x.shape[-1]), rht=False)
+    amax = torch.stack([a[0], a[1] * float(1 + torch.rand((), generator=gen))])
+    check_cast(kern, x, amax=amax, **MODES[mode])
 
 
 def test_cast_unaligned_input_view(kern, gen):
