@@ -758,16 +758,25 @@ __device__ __forceinline__ uint32_t tile_max8(uint32_t t) {
   return max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
 }
 
-// Codes of the two columns of a columnwise task, both blocks with encode scale e (a 16x16 tile: bits = its max);
-// e_fast: the scale for the fast path (e, or NaN where it must not take it).
+// Codes of a columnwise task (columns a, b) or of a rowwise block: the fast path where every block passes
+// rn_fast_ok with its fast-path scale f (e, or NaN where e must not take it), else the general path with e.
+// bits: block maxima (fp32 magnitude bits).
 template <typename T, bool SR, bool kOne>
-__device__ __forceinline__ uint4 tile_column_codes(const CastParams& p, const typename Tr<T>::P (&raw)[16],
-                                                   uint32_t bits, float e_fast, float e, uint32_t grow, uint32_t ca,
-                                                   uint32_t key) {
-  if constexpr (!SR) {
-    if (rn_fast_ok(u2f(bits), e_fast)) return column_codes_fast<T, kOne>(raw, e_fast, e_fast);
+__device__ __forceinline__ uint4 column_block_codes(const CastParams& p, const typename Tr<T>::P (&raw)[16],
+                                                    uint32_t bits_a, uint32_t bits_b, float fa, float fb, float ea,
+                                                    float eb, uint32_t grow, uint32_t ca, uint32_t key) {
+  if constexpr (!SR && sizeof(T) == 2) {
+    if (rn_fast_ok(u2f(bits_a), fa) && rn_fast_ok(u2f(bits_b), fb)) return column_codes_fast<T, kOne>(raw, fa, fb);
   }
-  return column_codes<T, SR>(p, raw, e, e, grow, ca, key);
+  return column_codes<T, SR>(p, raw, ea, eb, grow, ca, key);
+}
+template <typename T, bool SR, bool kOne>
+__device__ __forceinline__ uint2 row_block_codes(const CastParams& p, const typename Tr<T>::P (&v)[8], uint32_t bits,
+                                                 float f, float e, uint32_t grow, uint32_t cbase) {
+  if constexpr (!SR && sizeof(T) == 2) {
+    if (rn_fast_ok(u2f(bits), f)) return row_codes_fast<T, kOne>(v, f);
+  }
+  return row_codes<T, SR>(p, v, e, grow, cbase);
 }
 
 // Transposes the codes of a 16x16 tile held by the 8 lanes t = lane % 8 of a lane group. In: lane t's columnwise
@@ -835,14 +844,9 @@ __device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>:
     if (p.block_2d) bits_a = bits_b = tile_in;
   }
   scales = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);
-  if constexpr (!SR && sizeof(T) == 2) {
-    const float fa = ftab_c[scales & 127], fb = ftab_c[(scales >> 8) & 127];
-    if (rn_fast_ok(u2f(bits_a), fa) && rn_fast_ok(u2f(bits_b), fb)) {
-      codes = column_codes_fast<T, kOne>(raw, fa, fb);
-      return;
-    }
-  }
-  codes = column_codes<T, SR>(p, raw, etab_c[scales & 127], etab_c[(scales >> 8) & 127], grow, ca, p.key_col);
+  const uint32_t sa = scales & 127, sb = (scales >> 8) & 127;
+  codes = column_block_codes<T, SR, kOne>(p, raw, bits_a, bits_b, ftab_c[sa], ftab_c[sb], etab_c[sa], etab_c[sb],
+                                          grow, ca, p.key_col);
 }
 
 // A rowwise block at column cbase. bits_2d: the 16x16 tile max (fp32 magnitude bits) when p.block_2d.
@@ -854,10 +858,7 @@ __device__ __forceinline__ uint2 row_block(const CastParams& p, const typename T
   const uint32_t bits = p.block_2d ? bits_2d : row_maximum<T>(v);
   s = e4m3_satfinite(u2f(bits) * k_row);
   const float e = etab_r[s & 127];
-  if constexpr (!SR && sizeof(T) == 2) {
-    if (rn_fast_ok(u2f(bits), e)) return row_codes_fast<T>(v, e);
-  }
-  return row_codes<T, SR>(p, v, e, grow, cbase);
+  return row_block_codes<T, SR, false>(p, v, bits, e, e, grow, cbase);
 }
 
 // Loads the tile at (ty, tx) into buf: 16-byte cp.async (zero-filled outside X) when vec_ok, else element
@@ -1205,37 +1206,33 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   const int g = warp >> 3, pair = ((warp & 7) << 5) | lane, cpair = 2 * pair;  // column task
   const int64_t rstride = n / 2, sstride = n / 16, cstride = m / 2, csstride = m / 16;
   const int64_t rd_step = kSubRows * rstride, rs_step = kSubRows * sstride;  // rowwise outputs per sub-tile
-  // Rowwise 1x16 blocks of rows 2 warp, 2 warp + 1 of a sub-tile (block = lane); rd_p / rs_p: where this lane's
-  // codes / scale of row 2 warp go.
-  const auto row_phase = [&](const uint8_t* rbuf, int rr0, int rrows, int rC0, int rcols, uint8_t* rd_p,
-                             uint8_t* rs_p) {
-    P v[2][8];
-    uint32_t bits[2];
+  // Per sub-tile pieces (buf: the stage in the ring). A column task: rows 16 g .. 16 g + 15, columns cpair,
+  // cpair + 1, as 16 pairs (row k in raw[k]).
+  const auto load_column = [&](const uint8_t* buf, P (&raw)[16]) {
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const uint4* src = reinterpret_cast<const uint4*>(rbuf + (2 * warp + i) * kRowBytes + lane * 32);
-      const uint4 lo = src[0], hi = src[1];
-      v[i][0] = lo.x, v[i][1] = lo.y, v[i][2] = lo.z, v[i][3] = lo.w;
-      v[i][4] = hi.x, v[i][5] = hi.y, v[i][6] = hi.z, v[i][7] = hi.w;
-      bits[i] = row_maximum<T>(v[i]);
-    }
-    const uint16_t s2 = e4m3x2_satfinite(u2f(bits[0]) * k_row, u2f(bits[1]) * k_row);  // bytes <= 0x7F
-    const int row = rr0 + 2 * warp;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const uint32_t s = (s2 >> (8 * i)) & 0xffu;
-      const float f = ftab_r[s];
-      uint2 codes;
-      if (!SR && rn_fast_ok(u2f(bits[i]), f)) {
-        if constexpr (!SR) codes = row_codes_fast<T, kOne>(v[i], f);
-      } else {
-        codes = row_codes<T, SR>(p, v[i], etab_r[s], static_cast<uint32_t>(row + i),
-                                 static_cast<uint32_t>(rC0 + lane * 16));
-      }
-      if (2 * warp + i < rrows && lane * 16 < rcols) {
-        *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;
-        rs_p[i * sstride] = static_cast<uint8_t>(s);
-      }
+    for (int j = 0; j < 16; ++j) raw[j] = *reinterpret_cast<const P*>(buf + (g * 16 + j) * kRowBytes + pair * 4);
+  };
+  // Its codes and scale bytes into the column stages: [q][g][column ^ 4q] x 8 bytes (conflict-free here and in
+  // the write-out) and [block of the unit][column].
+  const auto stage_column = [&](uint8_t* stage, int q, int k, uint4 codes, uint16_t scales) {
+    *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = codes;
+    *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = scales;
+  };
+  // The rowwise 1x16 block of row 2 warp + i (block = lane): load, and codes + scale byte out (rd_p / rs_p:
+  // where this lane's codes / scale of row 2 warp go; row: global row of row 2 warp).
+  const auto load_row = [&](const uint8_t* buf, int i, P (&v)[8]) {
+    const uint4* src = reinterpret_cast<const uint4*>(buf + (2 * warp + i) * kRowBytes + lane * 32);
+    const uint4 lo = src[0], hi = src[1];
+    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+    v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+  };
+  const auto emit_row = [&](const P (&v)[8], int i, uint32_t bits, uint32_t s, int row, int rows, int C0, int cols,
+                            uint8_t* rd_p, uint8_t* rs_p) {
+    const uint2 codes = row_block_codes<T, SR, kOne>(p, v, bits, ftab_r[s], etab_r[s], static_cast<uint32_t>(row + i),
+                                                     static_cast<uint32_t>(C0 + lane * 16));
+    if (2 * warp + i < rows && lane * 16 < cols) {
+      *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;
+      rs_p[i * sstride] = static_cast<uint8_t>(s);
     }
   };
   uint32_t seq = 0, chunk_seq = 0, unit_seq = 0;
@@ -1260,54 +1257,27 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         // ---- both layouts, 1x16 blocks: loads, maxima and scales of all four blocks first (their latencies
         // overlap), then the codes of each part ----
         P raw[16], v[2][8];
-#pragma unroll
-        for (int j = 0; j < 16; ++j) raw[j] = *reinterpret_cast<const P*>(buf + (g * 16 + j) * kRowBytes + pair * 4);
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const uint4* src = reinterpret_cast<const uint4*>(buf + (2 * warp + i) * kRowBytes + lane * 32);
-          const uint4 lo = src[0], hi = src[1];
-          v[i][0] = lo.x, v[i][1] = lo.y, v[i][2] = lo.z, v[i][3] = lo.w;
-          v[i][4] = hi.x, v[i][5] = hi.y, v[i][6] = hi.z, v[i][7] = hi.w;
-        }
+        load_column(buf, raw);
+        load_row(buf, 0, v[0]);
+        load_row(buf, 1, v[1]);
         uint32_t bits_a, bits_b;
         column_maxima<T, RHT>(raw, bits_a, bits_b);
         const uint32_t bits_0 = row_maximum<T>(v[0]), bits_1 = row_maximum<T>(v[1]);
         const uint16_t cs2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);  // bytes <= 0x7F
         const uint16_t rs2 = e4m3x2_satfinite(u2f(bits_0) * k_row, u2f(bits_1) * k_row);
-        const float fa = ftab_c[cs2 & 0xffu], fb = ftab_c[cs2 >> 8];  // fast-path scales
-        const float f_r[2] = {ftab_r[rs2 & 0xffu], ftab_r[rs2 >> 8]};
-        const uint32_t bits_r[2] = {bits_0, bits_1};
-        uint4 ccodes;
-        if (!SR && rn_fast_ok(u2f(bits_a), fa) && rn_fast_ok(u2f(bits_b), fb)) {
-          if constexpr (!SR) ccodes = column_codes_fast<T, kOne>(raw, fa, fb);
-        } else {
-          ccodes = column_codes<T, SR>(p, raw, etab_c[cs2 & 0xffu], etab_c[cs2 >> 8], static_cast<uint32_t>(r0 + g * 16),
-                                       static_cast<uint32_t>(C0 + cpair), p.key_col);
-        }
-        *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = ccodes;
-        *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = cs2;
-        const int row = r0 + 2 * warp;
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          uint2 codes;
-          if (!SR && rn_fast_ok(u2f(bits_r[i]), f_r[i])) {
-            if constexpr (!SR) codes = row_codes_fast<T, kOne>(v[i], f_r[i]);
-          } else {
-            codes = row_codes<T, SR>(p, v[i], etab_r[(rs2 >> (8 * i)) & 0xffu], static_cast<uint32_t>(row + i),
-                                     static_cast<uint32_t>(C0 + lane * 16));
-          }
-          if (2 * warp + i < rows && lane * 16 < cols) {
-            *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;
-            rs_p[i * sstride] = static_cast<uint8_t>(rs2 >> (8 * i));
-          }
-        }
+        const uint32_t sa = cs2 & 0xffu, sb = cs2 >> 8;
+        const uint4 ccodes = column_block_codes<T, SR, kOne>(p, raw, bits_a, bits_b, ftab_c[sa], ftab_c[sb], etab_c[sa],
+                                                             etab_c[sb], static_cast<uint32_t>(r0 + g * 16),
+                                                             static_cast<uint32_t>(C0 + cpair), p.key_col);
+        stage_column(stage, q, k, ccodes, cs2);
+        emit_row(v[0], 0, bits_0, rs2 & 0xffu, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
+        emit_row(v[1], 1, bits_1, rs2 >> 8, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
       } else if (p.block_2d) {
         // ---- 16x16 tiles: lane group u = lane / 8 quantizes tile (g, 4 (warp % 8) + u) of the sub-tile from its
         // column task; its rowwise codes are the tile's codes transposed across the 8 lanes. No other warp
         // takes part: the rowwise scales (one per tile) are staged and written at the end of the unit ----
         P raw[16];
-#pragma unroll
-        for (int j = 0; j < 16; ++j) raw[j] = *reinterpret_cast<const P*>(buf + (g * 16 + j) * kRowBytes + pair * 4);
+        load_column(buf, raw);
         uint32_t bits_a, bits_b;
         column_maxima<T, false>(raw, bits_a, bits_b);
         const uint32_t tile_in = tile_max8(max_u32(bits_a, bits_b));  // of the input
@@ -1318,7 +1288,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         if (p.do_row) {
           s_r = e4m3_satfinite(u2f(tile_in) * k_row);
           e_r = etab_r[s_r];
-          rcodes = tile_column_codes<T, SR, kOne>(p, raw, tile_in, ftab_r[s_r], e_r, grow, ca, p.key_row);
+          const float f_r = ftab_r[s_r];
+          rcodes = column_block_codes<T, SR, kOne>(p, raw, tile_in, tile_in, f_r, f_r, e_r, e_r, grow, ca, p.key_row);
         }
         if (p.do_col) {
           uint32_t bits_c = tile_in;
@@ -1330,10 +1301,11 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
           const float e_c = etab_c[s_c];
           // the same scale and SR stream give the same codes (the rowwise ones are already there)
           const bool same = !RHT && p.do_row && e_c == e_r && (!SR || p.key_col == p.key_row);
-          const uint4 ccodes =
-              same ? rcodes : tile_column_codes<T, SR, kOne>(p, raw, bits_c, ftab_c[s_c], e_c, grow, ca, p.key_col);
-          *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = ccodes;
-          *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = static_cast<uint16_t>(s_c * 0x101u);
+          const float f_c = ftab_c[s_c];
+          const uint4 ccodes = same ? rcodes
+                                    : column_block_codes<T, SR, kOne>(p, raw, bits_c, bits_c, f_c, f_c, e_c, e_c, grow,
+                                                                      ca, p.key_col);
+          stage_column(stage, q, k, ccodes, static_cast<uint16_t>(s_c * 0x101u));
         }
         if (p.do_row) {
           const uint4 rows2 = tile_rows_from_columns(rcodes, lane);  // rows 2 (lane % 8), + 1 of the tile
@@ -1348,20 +1320,25 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
                 static_cast<uint8_t>(s_r);
         }
       } else {
-        // ---- one layout, 1x16 blocks: column task, then the rowwise blocks ----
+        // ---- one layout, 1x16 blocks: the column task or the rowwise blocks ----
         if (p.do_col) {
           P raw[16];
-#pragma unroll
-          for (int j = 0; j < 16; ++j) raw[j] = *reinterpret_cast<const P*>(buf + (g * 16 + j) * kRowBytes + pair * 4);
+          load_column(buf, raw);
           uint4 codes;
           uint16_t scales;
           column_pair<T, RHT, SR, kOne>(p, raw, k_col, etab_c, ftab_c, static_cast<uint32_t>(r0 + g * 16),
                                         static_cast<uint32_t>(C0 + cpair), lane, nullptr, codes, scales);
-          // [q][g][column ^ 4q] x 8 bytes: conflict-free here and in the write-out below
-          *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = codes;
-          *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = scales;
+          stage_column(stage, q, k, codes, scales);
         }
-        if (p.do_row) row_phase(buf, r0, rows, C0, cols, rd_p, rs_p);
+        if (p.do_row) {
+          P v[2][8];
+          load_row(buf, 0, v[0]);
+          load_row(buf, 1, v[1]);
+          const uint32_t bits_0 = row_maximum<T>(v[0]), bits_1 = row_maximum<T>(v[1]);
+          const uint16_t rs2 = e4m3x2_satfinite(u2f(bits_0) * k_row, u2f(bits_1) * k_row);  // bytes <= 0x7F
+          emit_row(v[0], 0, bits_0, rs2 & 0xffu, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
+          emit_row(v[1], 1, bits_1, rs2 >> 8, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
+        }
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[slot]);  // this warp is done with the stage
