@@ -153,15 +153,12 @@ def patched_sources() -> Path:
          "            codes = make_uint4(raw[0] ^ raw[4], raw[5] ^ raw[9], raw[10] ^ raw[14], raw[15] ^ raw[1]);\n"
          "            scales = static_cast<uint16_t>(raw[3]);\n"
          "          } else column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + g * 16),"),
-        ("      uint2 codes;\n      if (!SR && rn_fast_ok(u2f(bits[i]), e)) {",
-         "      uint2 codes;\n"
-         "      if (p.dbg & 512) {\n"
-         "        codes = make_uint2(v[i][0] ^ v[i][6], v[i][3] ^ v[i][7]);\n"
-         "      } else if (!SR && rn_fast_ok(u2f(bits[i]), e)) {"),
-        ("        *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;\n"
-         "        rs_p[i * sstride] = static_cast<uint8_t>(s);",
-         "        if (!(p.dbg & 1)) *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;\n"
-         "        if (!(p.dbg & 2)) rs_p[i * sstride] = static_cast<uint8_t>(s);"),
+        ("    const uint2 codes = row_block_codes<T, SR>(",
+         "    const uint2 codes = (p.dbg & 512) ? make_uint2(v[0] ^ v[6], v[3] ^ v[7]) : row_block_codes<T, SR>("),
+        ("      *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;\n"
+         "      rs_p[i * sstride] = static_cast<uint8_t>(s);",
+         "      if (!(p.dbg & 1)) *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;\n"
+         "      if (!(p.dbg & 2)) rs_p[i * sstride] = static_cast<uint8_t>(s);"),
         ("*reinterpret_cast<uint4*>(d) = make_uint4(lo.x, lo.y, hi.x, hi.y);",
          "if (!(p.dbg & 4)) *reinterpret_cast<uint4*>(d) = make_uint4(lo.x, lo.y, hi.x, hi.y);"),
         ("*reinterpret_cast<uint4*>(d) = make_uint4(w[0], w[1], w[2], w[3]);",

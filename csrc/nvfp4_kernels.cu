@@ -304,50 +304,6 @@ constexpr float kFastMaxProduct = 7.0f;
 constexpr float kFastMinScale = 1.52587890625e-05f;  // 2^-16
 FP4_HD bool rn_fast_ok(float bmax, float e) { return bmax * e < kFastMaxProduct && e >= kFastMinScale; }
 
-// ---- One rounding instead of two (bf16 values) ------------------------------------------------------
-// The fast path rounds twice: a = rn(x * e), then each candidate rn(2|a| + M), ... The same candidates of
-// the exact product p = |x| e, rn(p * 2e + M) etc. (one FFMA each: 2e and e/2 are exact), give the RNE
-// E2M1 code of p (the argument above holds for any real |a| < 7). The code of a and of p differ only when
-// rn(p) is an E2M1 tie (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5) that p is not: rounding is monotone and the
-// ties are fp32 values, so a and p can not lie on two sides of a tie. For x bf16, p = X * E * 2^k with
-// integer significands X in [128, 255] (a subnormal x is some such X times a power of 2) and E in
-// [2^23, 2^24) of e, and P = X * E in [2^30, 2^32) is rounded to 24 bits (half an ulp: 64, or 128 from
-// 2^31 up); the ties, odd T in {1, 3, 5, 7} times a power of 2, become V = T * 2^j in [2^30, 2^32].
-// bf16_products_avoid_ties(e) is true when no P lies within half an ulp of such a V without being V: for
-// each of the 9 V it tests the only X that can (rint(V / E); |X - V / E| <= 128 / E < 2^-16 for a hit).
-// Products below 2^-126 are not rounded to 24 bits, but they are far below the first tie (code 0 both
-// ways). Checked on the host against all 128 X for every E (tests/host/fast_rn_check.cu).
-FP4_HD bool bf16_products_avoid_ties(float e) {
-  const uint64_t E = (f2u(e) & 0x7fffffu) | 0x800000u;
-  const uint64_t targets[9] = {1ull << 30, 1ull << 31, 1ull << 32, 3ull << 29, 3ull << 30,
-                               5ull << 28, 5ull << 29, 7ull << 28, 7ull << 29};
-#pragma unroll
-  for (int i = 0; i < 9; ++i) {
-    const uint64_t V = targets[i];
-    const uint64_t X = static_cast<uint64_t>(rintf(static_cast<float>(V) / static_cast<float>(E)));
-    if (X < 128 || X > 255) continue;
-    const uint64_t P = X * E, diff = P > V ? P - V : V - P;
-    if (diff != 0 && diff <= (P >= (1ull << 31) ? 128u : 64u)) return false;
-  }
-  return true;
-}
-
-// The encode scale the one-rounding fast path may use for the block scale e (bf16 inputs): e itself, or NaN
-// where it must not (NaN fails rn_fast_ok, so those blocks take the general path): scales that let a
-// product round onto a tie, and scales above 2^125, where 2e would not be exact (FLT_MAX, the scale of a
-// block whose scale byte is 0, e.g. an all-zero block, is one of them).
-FP4_HD float one_rounding_scale(float e) {
-  const bool ok = e >= kFastMinScale && e <= 0x1p125f && bf16_products_avoid_ties(e);
-  return ok ? e : u2f(0x7fc00000u);
-}
-FP4_HD uint32_t e2m1_rn_mag_one_rounding(float x, float e2, float e, float eh) {
-  const float m = fabsf(x);
-  const float c1 = fma_rn(m, e2, 12582912.0f);
-  const float c2 = fma_rn(m, e, 12582914.0f);
-  const float c3 = fma_rn(m, eh, 12582916.0f);
-  return f2u(fminf(fminf(c1, c2), c3));
-}
-
 // Sign bits: set.lt on a packed pair of 16-bit values read as bf16 gives bf16 1.0 (0x3F80) in each half
 // that is negative and nonzero (the sign bit alone, i.e. -0, is not < 0). For fp16 inputs the same
 // predicate holds for every finite value (NaN and inf blocks take the general path). In a 0x3F80 half the
@@ -384,18 +340,11 @@ FP4_HD uint2 sign_bits_columns(const uint32_t (&p)[8]) {
 
 // 16 values with encode scale e on the fast path; element i to nibble i, sign bits s0 (elements 0-7) and
 // s1 (8-15) from the functions above.
-// kOne: one rounding per candidate (bf16 values, e from one_rounding_scale).
-template <bool kOne = false, typename XFn>
+template <typename XFn>
 FP4_HD uint2 quantize16_rn_fast(XFn xf, float e, uint32_t s0, uint32_t s1) {
   uint32_t w[2] = {0u, 0u};
-  if constexpr (kOne) {
-    const float e2 = e + e, eh = e * 0.5f;
 #pragma unroll
-    for (int i = 0; i < 16; ++i) w[i >> 3] += e2m1_rn_mag_one_rounding(xf(i), e2, e, eh) << (4 * (i & 7));
-  } else {
-#pragma unroll
-    for (int i = 0; i < 16; ++i) w[i >> 3] += e2m1_rn_mag_fast(xf(i) * e) << (4 * (i & 7));
-  }
+  for (int i = 0; i < 16; ++i) w[i >> 3] += e2m1_rn_mag_fast(xf(i) * e) << (4 * (i & 7));
   return make_uint2(w[0] - kRnPackBias + s0, w[1] - kRnPackBias + s1);
 }
 
@@ -704,9 +653,8 @@ __device__ __forceinline__ uint32_t row_maximum(const typename Tr<T>::P (&v)[8])
   return max_u32(Tr<T>::first_bits(acc), Tr<T>::second_bits(acc));
 }
 
-// Fast RN path (16-bit inputs, both blocks passing rn_fast_ok); kOne: one rounding (bf16, scales from
-// one_rounding_scale).
-template <typename T, bool kOne = false>
+// Fast RN path (16-bit inputs, both blocks passing rn_fast_ok).
+template <typename T>
 __device__ __forceinline__ uint4 column_codes_fast(const uint32_t (&raw)[16], float ea, float eb) {
   uint32_t top[8], bottom[8];
 #pragma unroll
@@ -715,13 +663,13 @@ __device__ __forceinline__ uint4 column_codes_fast(const uint32_t (&raw)[16], fl
     bottom[k] = raw[k + 8];
   }
   const uint2 sg_top = sign_bits_columns(top), sg_bottom = sign_bits_columns(bottom);
-  const uint2 qa = quantize16_rn_fast<kOne>([&](int k) { return Tr<T>::first(raw[k]); }, ea, sg_top.x, sg_bottom.x);
-  const uint2 qb = quantize16_rn_fast<kOne>([&](int k) { return Tr<T>::second(raw[k]); }, eb, sg_top.y, sg_bottom.y);
+  const uint2 qa = quantize16_rn_fast([&](int k) { return Tr<T>::first(raw[k]); }, ea, sg_top.x, sg_bottom.x);
+  const uint2 qb = quantize16_rn_fast([&](int k) { return Tr<T>::second(raw[k]); }, eb, sg_top.y, sg_bottom.y);
   return make_uint4(qa.x, qa.y, qb.x, qb.y);
 }
-template <typename T, bool kOne = false>
+template <typename T>
 __device__ __forceinline__ uint2 row_codes_fast(const uint32_t (&v)[8], float e) {
-  return quantize16_rn_fast<kOne>([&](int i) { return (i & 1) ? Tr<T>::second(v[i >> 1]) : Tr<T>::first(v[i >> 1]); }, e,
+  return quantize16_rn_fast([&](int i) { return (i & 1) ? Tr<T>::second(v[i >> 1]) : Tr<T>::first(v[i >> 1]); }, e,
                             sign_bits_pairs(v[0], v[1], v[2], v[3]), sign_bits_pairs(v[4], v[5], v[6], v[7]));
 }
 
@@ -758,23 +706,22 @@ __device__ __forceinline__ uint32_t tile_max8(uint32_t t) {
   return max_u32(t, __shfl_xor_sync(0xffffffffu, t, 4));
 }
 
-// Codes of a columnwise task (columns a, b) or of a rowwise block: the fast path where every block passes
-// rn_fast_ok with its fast-path scale f (e, or NaN where e must not take it), else the general path with e.
-// bits: block maxima (fp32 magnitude bits).
-template <typename T, bool SR, bool kOne>
+// Codes of a columnwise task (columns a, b, encode scales ea, eb) or of a rowwise block (e): the fast path
+// where every block passes rn_fast_ok, else the general path. bits: block maxima (fp32 magnitude bits).
+template <typename T, bool SR>
 __device__ __forceinline__ uint4 column_block_codes(const CastParams& p, const typename Tr<T>::P (&raw)[16],
-                                                    uint32_t bits_a, uint32_t bits_b, float fa, float fb, float ea,
-                                                    float eb, uint32_t grow, uint32_t ca, uint32_t key) {
+                                                    uint32_t bits_a, uint32_t bits_b, float ea, float eb,
+                                                    uint32_t grow, uint32_t ca, uint32_t key) {
   if constexpr (!SR && sizeof(T) == 2) {
-    if (rn_fast_ok(u2f(bits_a), fa) && rn_fast_ok(u2f(bits_b), fb)) return column_codes_fast<T, kOne>(raw, fa, fb);
+    if (rn_fast_ok(u2f(bits_a), ea) && rn_fast_ok(u2f(bits_b), eb)) return column_codes_fast<T>(raw, ea, eb);
   }
   return column_codes<T, SR>(p, raw, ea, eb, grow, ca, key);
 }
-template <typename T, bool SR, bool kOne>
+template <typename T, bool SR>
 __device__ __forceinline__ uint2 row_block_codes(const CastParams& p, const typename Tr<T>::P (&v)[8], uint32_t bits,
-                                                 float f, float e, uint32_t grow, uint32_t cbase) {
+                                                 float e, uint32_t grow, uint32_t cbase) {
   if constexpr (!SR && sizeof(T) == 2) {
-    if (rn_fast_ok(u2f(bits), f)) return row_codes_fast<T, kOne>(v, f);
+    if (rn_fast_ok(u2f(bits), e)) return row_codes_fast<T>(v, e);
   }
   return row_codes<T, SR>(p, v, e, grow, cbase);
 }
@@ -819,11 +766,11 @@ __device__ __forceinline__ uint4 tile_rows_from_columns(const uint4 c, int lane)
 
 // A columnwise task. With 16x16 tiles the tile max of the input (before any RHT) goes to *tile_max (written
 // by the first lane of each 8); with do_col the two blocks are quantized: codes, scales = byte of ca | of
-// ca + 1 << 8. etab_c / ftab_c: encode scales by scale byte, exact / for the fast path (kOne: one rounding).
-template <typename T, bool RHT, bool SR, bool kOne = false>
+// ca + 1 << 8. etab_c: encode scales by scale byte.
+template <typename T, bool RHT, bool SR>
 __device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>::P (&raw)[16], float k_col,
-                                            const float* etab_c, const float* ftab_c, uint32_t grow, uint32_t ca,
-                                            int lane, uint32_t* tile_max, uint4& codes, uint16_t& scales) {
+                                            const float* etab_c, uint32_t grow, uint32_t ca, int lane,
+                                            uint32_t* tile_max, uint4& codes, uint16_t& scales) {
   uint32_t bits_a = 0, bits_b = 0, tile_in = 0;  // tile_in: 16x16 tile max of the input (before any RHT)
   if constexpr (RHT) {
     if (p.block_2d) {
@@ -845,8 +792,7 @@ __device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>:
   }
   scales = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);
   const uint32_t sa = scales & 127, sb = (scales >> 8) & 127;
-  codes = column_block_codes<T, SR, kOne>(p, raw, bits_a, bits_b, ftab_c[sa], ftab_c[sb], etab_c[sa], etab_c[sb],
-                                          grow, ca, p.key_col);
+  codes = column_block_codes<T, SR>(p, raw, bits_a, bits_b, etab_c[sa], etab_c[sb], grow, ca, p.key_col);
 }
 
 // A rowwise block at column cbase. bits_2d: the 16x16 tile max (fp32 magnitude bits) when p.block_2d.
@@ -858,7 +804,7 @@ __device__ __forceinline__ uint2 row_block(const CastParams& p, const typename T
   const uint32_t bits = p.block_2d ? bits_2d : row_maximum<T>(v);
   s = e4m3_satfinite(u2f(bits) * k_row);
   const float e = etab_r[s & 127];
-  return row_block_codes<T, SR, false>(p, v, bits, e, e, grow, cbase);
+  return row_block_codes<T, SR>(p, v, bits, e, grow, cbase);
 }
 
 // Loads the tile at (ty, tx) into buf: 16-byte cp.async (zero-filled outside X) when vec_ok, else element
@@ -968,7 +914,7 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
         for (int k = 0; k < 16; ++k) raw[k] = *reinterpret_cast<const P*>(buf + (lr + k) * RB + cl * sizeof(T));
         uint4 codes;
         uint16_t scales;
-        column_pair<T, RHT, SR>(p, raw, k_col, etab_c, etab_c, static_cast<uint32_t>(r0 + lr),
+        column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + lr),
                                 static_cast<uint32_t>(c0 + cl), lane, tamax + rb * S::kBPR + pp / 8, codes, scales);
         if (p.do_col) {
           col_stage[rb * S::kNPair + pp] = codes;
@@ -1095,7 +1041,7 @@ constexpr int kStageBytes = kSubRows * kRowBytes;                    // 32 KB
 constexpr int kColStageBytes = kChunkRows / 2 * kCols;               // 32 KB: [q 4][g 2][column 512] x 8 bytes
 constexpr int kColScaleBytes = kUnitRows / 16 * kCols;               // 16 KB: [block 32][column 512]
 constexpr int kRowTileScaleBytes = kUnitRows / 16 * (kCols / 16);   // 1 KB: [16-row group 32][tile column 32]
-constexpr int kSmemBytes = kStages * kStageBytes + 2 * kColStageBytes + kColScaleBytes + 4 * 128 * 4 +
+constexpr int kSmemBytes = kStages * kStageBytes + 2 * kColStageBytes + kColScaleBytes + 2 * 128 * 4 +
                            2 * kRowTileScaleBytes + 2 * kStages * 8;
 static_assert(kWarps * 32 == 2 * (kCols / 2), "one column task per compute thread and sub-tile");
 static_assert(kWarps * 2 == kSubRows && kCols / 16 == 32, "two rows per compute warp, one block per lane");
@@ -1149,9 +1095,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   uint8_t* ring = smem;                                                  // [kStages][32 rows][1024 bytes]
   uint8_t* col_stage = ring + kStages * kStageBytes;                     // [2][kColStageBytes]
   uint8_t* col_scales = col_stage + 2 * kColStageBytes;                  // [32][512]
-  float* etab = reinterpret_cast<float*>(col_scales + kColScaleBytes);   // [2][128]: encode scales, exact
-  float* ftab = etab + 256;                                              // [2][128]: for the fast path
-  uint8_t* row_tile_scales = reinterpret_cast<uint8_t*>(ftab + 256);    // [2][32][32]: 16x16 tiles, rowwise
+  float* etab = reinterpret_cast<float*>(col_scales + kColScaleBytes);   // [2][128]: encode scales
+  uint8_t* row_tile_scales = reinterpret_cast<uint8_t*>(etab + 256);    // [2][32][32]: 16x16 tiles, rowwise
   uint64_t* full = reinterpret_cast<uint64_t*>(row_tile_scales + 2 * kRowTileScaleBytes);  // [kStages]: loaded
   uint64_t* empty = full + kStages;                                      // [kStages]: stage consumed
 
@@ -1188,21 +1133,14 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
     return;
   }
 
-  // bf16 RN: the fast path rounds once per candidate (one_rounding_scale); fp16: twice
-  constexpr bool kOne = std::is_same<T, __nv_bfloat16>::value && !SR;
   const float senc_r = global_encode_scale(p.amax[0]);
   const float senc_c = global_encode_scale(p.amax[1]);
-  if (tid < 256) {
-    const float e = block_encode_scale(static_cast<uint8_t>(tid & 127), (tid < 128 ? 1.0f / senc_r : 1.0f / senc_c));
-    etab[tid] = e;
-    ftab[tid] = kOne ? one_rounding_scale(e) : e;
-  }
+  if (tid < 256)
+    etab[tid] = block_encode_scale(static_cast<uint8_t>(tid & 127), (tid < 128 ? 1.0f / senc_r : 1.0f / senc_c));
   compute_sync();
   const float k_row = senc_r * kInvSix, k_col = senc_c * kInvSix;
   const float* etab_r = etab;
   const float* etab_c = etab + 128;
-  const float* ftab_r = ftab;
-  const float* ftab_c = ftab + 128;
   const int g = warp >> 3, pair = ((warp & 7) << 5) | lane, cpair = 2 * pair;  // column task
   const int64_t rstride = n / 2, sstride = n / 16, cstride = m / 2, csstride = m / 16;
   const int64_t rd_step = kSubRows * rstride, rs_step = kSubRows * sstride;  // rowwise outputs per sub-tile
@@ -1228,8 +1166,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   };
   const auto emit_row = [&](const P (&v)[8], int i, uint32_t bits, uint32_t s, int row, int rows, int C0, int cols,
                             uint8_t* rd_p, uint8_t* rs_p) {
-    const uint2 codes = row_block_codes<T, SR, kOne>(p, v, bits, ftab_r[s], etab_r[s], static_cast<uint32_t>(row + i),
-                                                     static_cast<uint32_t>(C0 + lane * 16));
+    const uint2 codes = row_block_codes<T, SR>(p, v, bits, etab_r[s], static_cast<uint32_t>(row + i),
+                                               static_cast<uint32_t>(C0 + lane * 16));
     if (2 * warp + i < rows && lane * 16 < cols) {
       *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;
       rs_p[i * sstride] = static_cast<uint8_t>(s);
@@ -1266,9 +1204,9 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         const uint16_t cs2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);  // bytes <= 0x7F
         const uint16_t rs2 = e4m3x2_satfinite(u2f(bits_0) * k_row, u2f(bits_1) * k_row);
         const uint32_t sa = cs2 & 0xffu, sb = cs2 >> 8;
-        const uint4 ccodes = column_block_codes<T, SR, kOne>(p, raw, bits_a, bits_b, ftab_c[sa], ftab_c[sb], etab_c[sa],
-                                                             etab_c[sb], static_cast<uint32_t>(r0 + g * 16),
-                                                             static_cast<uint32_t>(C0 + cpair), p.key_col);
+        const uint4 ccodes = column_block_codes<T, SR>(p, raw, bits_a, bits_b, etab_c[sa], etab_c[sb],
+                                                       static_cast<uint32_t>(r0 + g * 16),
+                                                       static_cast<uint32_t>(C0 + cpair), p.key_col);
         stage_column(stage, q, k, ccodes, cs2);
         emit_row(v[0], 0, bits_0, rs2 & 0xffu, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
         emit_row(v[1], 1, bits_1, rs2 >> 8, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
@@ -1288,8 +1226,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         if (p.do_row) {
           s_r = e4m3_satfinite(u2f(tile_in) * k_row);
           e_r = etab_r[s_r];
-          const float f_r = ftab_r[s_r];
-          rcodes = column_block_codes<T, SR, kOne>(p, raw, tile_in, tile_in, f_r, f_r, e_r, e_r, grow, ca, p.key_row);
+          rcodes = column_block_codes<T, SR>(p, raw, tile_in, tile_in, e_r, e_r, grow, ca, p.key_row);
         }
         if (p.do_col) {
           uint32_t bits_c = tile_in;
@@ -1301,10 +1238,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
           const float e_c = etab_c[s_c];
           // the same scale and SR stream give the same codes (the rowwise ones are already there)
           const bool same = !RHT && p.do_row && e_c == e_r && (!SR || p.key_col == p.key_row);
-          const float f_c = ftab_c[s_c];
-          const uint4 ccodes = same ? rcodes
-                                    : column_block_codes<T, SR, kOne>(p, raw, bits_c, bits_c, f_c, f_c, e_c, e_c, grow,
-                                                                      ca, p.key_col);
+          const uint4 ccodes =
+              same ? rcodes : column_block_codes<T, SR>(p, raw, bits_c, bits_c, e_c, e_c, grow, ca, p.key_col);
           stage_column(stage, q, k, ccodes, static_cast<uint16_t>(s_c * 0x101u));
         }
         if (p.do_row) {
@@ -1326,8 +1261,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
           load_column(buf, raw);
           uint4 codes;
           uint16_t scales;
-          column_pair<T, RHT, SR, kOne>(p, raw, k_col, etab_c, ftab_c, static_cast<uint32_t>(r0 + g * 16),
-                                        static_cast<uint32_t>(C0 + cpair), lane, nullptr, codes, scales);
+          column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + g * 16),
+                                  static_cast<uint32_t>(C0 + cpair), lane, nullptr, codes, scales);
           stage_column(stage, q, k, codes, scales);
         }
         if (p.do_row) {

