@@ -4,8 +4,9 @@
     python benchmarks/bench_gather.py --nproc 2 --device cuda --sizes-mb 16 64 256   # NCCL, >= 2 GPUs
 
 Sizes are of the full (gathered) bf16 tensor [tokens, 4096]. Reports bytes on the wire per element
-(what each rank contributes, per logical element), and the median time per gather for bf16, NVFP4
-rowwise-only and NVFP4 rowwise+columnwise, each with both gather strategies. On one GPU with
+(what each rank contributes, per logical element), the median time per gather for bf16, NVFP4
+rowwise-only and NVFP4 rowwise+columnwise, each with both gather strategies, and the all-gather bus
+bandwidth ((world - 1) / world of the gathered bytes per second, faster strategy). On one GPU with
 --nproc > 1 the ranks share it over gloo: the times then say nothing about NCCL.
 """
 
@@ -108,16 +109,20 @@ def main() -> None:
              f"median of {args.iters}",
              "",
              "| bf16 MB | bytes/elem bf16 | rowwise | both | bf16 ms | rowwise ms (per-comp / packed) | speed-up | "
-             "both ms (per-comp / packed) | speed-up |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "both ms (per-comp / packed) | speed-up | bus GB/s bf16 / rowwise / both |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         best_row = min(r["rowwise_per_component"], r["rowwise_packed"])
         best_both = min(r["both_per_component"], r["both_packed"])
+        # all-gather bus bandwidth: (world - 1) / world of the gathered bytes per second
+        elems, share = r["tokens"] * HIDDEN, (args.nproc - 1) / args.nproc
+        bus = [share * elems * b / t / 1e9 for b, t in ((2.0, r["bf16"]), (r["rowwise_bytes_per_elem"], best_row),
+                                                        (r["both_bytes_per_elem"], best_both))]
         lines.append(
             f"| {r['size_mb']:.0f} | 2.000 | {r['rowwise_bytes_per_elem']:.4f} | {r['both_bytes_per_elem']:.4f} | "
             f"{1e3 * r['bf16']:.3f} | {1e3 * r['rowwise_per_component']:.3f} / {1e3 * r['rowwise_packed']:.3f} | "
             f"{r['bf16'] / best_row:.2f}x | {1e3 * r['both_per_component']:.3f} / {1e3 * r['both_packed']:.3f} | "
-            f"{r['bf16'] / best_both:.2f}x |")
+            f"{r['bf16'] / best_both:.2f}x | {bus[0]:.1f} / {bus[1]:.1f} / {bus[2]:.1f} |")
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -20,6 +20,9 @@ MODES = {
 
 
 def gather_matches_full(rank, world, seed, dtype, device, backend, strategy):
+    if device == "cuda:rank":  # one GPU per rank (NCCL)
+        device = f"cuda:{rank}"
+        torch.cuda.set_device(device)
     torch.manual_seed(seed)  # same full tensor on every rank
     local_rows = 32
     full = (torch.randn(local_rows * world, 2, 48) * torch.exp(torch.randn(local_rows * world, 2, 1))).to(dtype)
@@ -60,6 +63,19 @@ def test_gather_cuda_backend_gloo_over_cuda_tensors(world, gen):
     seed = int(torch.randint(2**31, (1,), generator=gen))
     run_ranks(gather_matches_full, world, seed, torch.bfloat16, "cuda", "cuda", "per_component", timeout=300)
     run_ranks(gather_matches_full, world, seed, torch.bfloat16, "cuda", "cuda", "packed", timeout=300)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL, one GPU per rank)")
+@pytest.mark.parametrize("strategy", ["per_component", "packed"])
+def test_gather_nccl_one_gpu_per_rank(strategy, gen):
+    from fp4dist.backends import cuda_backend
+    if cuda_backend() is None:
+        pytest.skip("fp4dist CUDA kernels unavailable")
+    world = 4 if torch.cuda.device_count() >= 4 else 2
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    run_ranks(gather_matches_full, world, seed, torch.bfloat16, "cuda:rank", "cuda", strategy, timeout=300,
+              backend="nccl")
 
 
 def expect_error(rank, world, case):

@@ -78,6 +78,7 @@ def test_plain_recipe_matches_nn_linear(world, sp, gen):
 # ---------------------------------------------------------------- NVFP4 recipe vs an fp64 oracle
 
 RECIPE = NVFP4Recipe(rht=True, stochastic_rounding=False, block_2d_weights=True, backend="reference")
+CUDA_RECIPE = NVFP4Recipe(rht=True, stochastic_rounding=False, block_2d_weights=True, backend="cuda")
 Q_IN = NVFP4Quantizer(rowwise=True, columnwise=True, rht=True, backend="reference")
 Q_W = NVFP4Quantizer(rowwise=True, columnwise=True, block_2d=True, backend="reference")
 Q_GRAD = Q_IN  # SR off: dY is quantized like X (RN, rowwise + columnwise RHT)
@@ -104,15 +105,27 @@ def within(actual, oracle, what):
     assert bound.max() < 1e-2 * value.abs().max()  # the bound is tight, not vacuous
 
 
-def column_matches_oracle(rank, world, seed, sp):
+def place(rank, device):
+    """(torch device, recipe) of a rank: the CPU and the reference backend, or with device "cuda:rank" GPU
+    `rank` (one GPU per rank, NCCL) and the CUDA kernels. The oracles stay on the CPU: the kernels give the
+    reference's bits."""
+    if device == "cuda:rank":
+        torch.cuda.set_device(rank)
+        return torch.device("cuda", rank), CUDA_RECIPE
+    return torch.device("cpu"), RECIPE
+
+
+def column_matches_oracle(rank, world, seed, sp, device="cpu"):
+    dev, recipe = place(rank, device)
     torch.manual_seed(seed)
     x = torch.randn(S, B, HIDDEN) * 3
     dy = torch.randn(S, B, FFN)
-    layer = ColumnParallelLinear(HIDDEN, FFN, bias=False, sequence_parallel=sp, recipe=RECIPE,
-                                 tp_group=dist.group.WORLD, init_seed=7)
-    x_in = (rows_of(x, rank, world) if sp else x).clone().requires_grad_()
+    layer = ColumnParallelLinear(HIDDEN, FFN, bias=False, sequence_parallel=sp, recipe=recipe,
+                                 tp_group=dist.group.WORLD, init_seed=7).to(dev)
+    x_in = (rows_of(x, rank, world) if sp else x).to(dev).clone().requires_grad_()
     y = layer(x_in)
-    y.backward(cols_of(dy, rank, world))
+    y.backward(cols_of(dy, rank, world).to(dev))
+    y, x_grad, w_grad = y.cpu(), x_in.grad.cpu(), layer.weight.grad.cpu()
 
     m = S * B
     xq = Q_IN.quantize(x)  # the gathered NVFP4 shards have exactly these bits
@@ -123,20 +136,22 @@ def column_matches_oracle(rank, world, seed, sp):
     dx = oracle_mm([(deq(dyq[r]), deq(wq[r], True)) for r in range(world)])  # summed over TP ranks
     if sp:
         dx = tuple(rows_of(t.reshape(S, B, HIDDEN), rank, world).reshape(-1, HIDDEN) for t in dx)
-    within(x_in.grad, dx, "dX")
-    within(layer.weight.grad, oracle_mm([(deq(dyq[rank], True), deq(xq, True))]), "dW")
+    within(x_grad, dx, "dX")
+    within(w_grad, oracle_mm([(deq(dyq[rank], True), deq(xq, True))]), "dW")
     return True
 
 
-def row_matches_oracle(rank, world, seed, sp):
+def row_matches_oracle(rank, world, seed, sp, device="cpu"):
+    dev, recipe = place(rank, device)
     torch.manual_seed(seed)
     x = torch.randn(S, B, FFN) * 3
     dy = torch.randn(S, B, HIDDEN)
-    layer = RowParallelLinear(FFN, HIDDEN, bias=False, sequence_parallel=sp, recipe=RECIPE,
-                              tp_group=dist.group.WORLD, init_seed=9)
-    x_in = cols_of(x, rank, world).clone().requires_grad_()
+    layer = RowParallelLinear(FFN, HIDDEN, bias=False, sequence_parallel=sp, recipe=recipe,
+                              tp_group=dist.group.WORLD, init_seed=9).to(dev)
+    x_in = cols_of(x, rank, world).to(dev).clone().requires_grad_()
     y = layer(x_in)
-    y.backward(rows_of(dy, rank, world) if sp else dy)
+    y.backward((rows_of(dy, rank, world) if sp else dy).to(dev))
+    y, x_grad, w_grad = y.cpu(), x_in.grad.cpu(), layer.weight.grad.cpu()
 
     m = S * B
     w_full = full_weight_init(HIDDEN, FFN, 9, 0.02)
@@ -147,8 +162,8 @@ def row_matches_oracle(rank, world, seed, sp):
         out = tuple(rows_of(t.reshape(S, B, HIDDEN), rank, world).reshape(-1, HIDDEN) for t in out)
     within(y, out, "Y")
     dyq = Q_GRAD.quantize(dy.reshape(m, HIDDEN))  # SP all-gathers dY in bf16/fp32: the same full dY
-    within(x_in.grad, oracle_mm([(deq(dyq), deq(wq[rank], True))]), "dX")
-    within(layer.weight.grad, oracle_mm([(deq(dyq, True), deq(xq[rank], True))]), "dW")
+    within(x_grad, oracle_mm([(deq(dyq), deq(wq[rank], True))]), "dX")
+    within(w_grad, oracle_mm([(deq(dyq, True), deq(xq[rank], True))]), "dW")
     return True
 
 
@@ -158,6 +173,19 @@ def row_matches_oracle(rank, world, seed, sp):
 @pytest.mark.parametrize("check", [column_matches_oracle, row_matches_oracle], ids=["column", "row"])
 def test_nvfp4_layers_match_oracle(check, world, sp, gen):
     run_ranks(check, world, int(torch.randint(2**31, (1,), generator=gen)), sp, timeout=180)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL, one GPU per rank)")
+@pytest.mark.parametrize("sp", [False, True], ids=["tp", "tp_sp"])
+@pytest.mark.parametrize("check", [column_matches_oracle, row_matches_oracle], ids=["column", "row"])
+def test_nvfp4_layers_nccl_one_gpu_per_rank(check, sp, gen):
+    from fp4dist.backends import cuda_backend
+    if cuda_backend() is None:
+        pytest.skip("fp4dist CUDA kernels unavailable")
+    world = 4 if torch.cuda.device_count() >= 4 else 2
+    run_ranks(check, world, int(torch.randint(2**31, (1,), generator=gen)), sp, "cuda:rank", timeout=300,
+              backend="nccl")
 
 
 def default_group_is_the_world(rank, world, seed):

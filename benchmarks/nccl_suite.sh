@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# fp4dist on one host with 2 or more GPUs, one GPU per rank over NCCL (issue 7): the NCCL tests (gather and
+# the NVFP4 layers, CUDA kernels), the all-gather benchmark, and a TP=2 training pair (NVFP4, bf16).
+# Logs and tables go to $OUT (default ./device_out), at most 8 files. STEPS: training steps per run.
+set -uo pipefail
+OUT="${OUT:-device_out}"; mkdir -p "$OUT"; STEPS="${STEPS:-300}"
+export PYTHONUNBUFFERED=1 FP4DIST_BUILD_DIR="${FP4DIST_BUILD_DIR:-/tmp/fp4dist_build}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvidia-smi topo -m
+  python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, 'nccl', torch.cuda.nccl.version())"
+  python3 -c "import logging; logging.basicConfig(); from fp4dist.backends import cuda; print('kernels available:', cuda.available())"
+} > "$OUT/setup.log" 2>&1
+timeout 240 python3 -m pytest -q -m cuda tests/test_gather.py tests/test_layers.py -k nccl 2>&1 | tee "$OUT/nccl_tests.log" | tail -3
+timeout 180 python3 benchmarks/bench_gather.py --nproc 2 --device cuda --sizes-mb 16 64 256 1024 \
+    --out "$OUT/bench_gather_nccl.md" 2>&1 | tail -8
+for recipe in nvfp4 bf16; do
+    NPROC=2 MAX_RESTARTS=0 timeout 150 bash launch/train.sh model=small recipe=$recipe data.source=stdlib \
+        train.steps="$STEPS" train.batch_size=16 train.log_interval=10 train.eval_interval=100 train.eval_batches=16 \
+        optim.lr=2e-3 optim.warmup_steps=60 output_dir=/tmp/tp2_$recipe checkpoint.dir=/tmp/ckpt_tp2_$recipe \
+        checkpoint.interval=100000 2>&1 | grep -v Warning > "$OUT/tp2_$recipe.log"
+    cp /tmp/tp2_$recipe/metrics.jsonl "$OUT/tp2_$recipe.jsonl" 2>/dev/null
+    grep -E "step +[0-9]+00/|done|Error" "$OUT/tp2_$recipe.log" | tail -5
+done
+true
