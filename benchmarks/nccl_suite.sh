@@ -15,11 +15,11 @@ fi
   python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, 'nccl', torch.cuda.nccl.version())"
   python3 -c "import logging; logging.basicConfig(); from fp4dist.backends import cuda; print('kernels available:', cuda.available())"
 } > "$OUT/setup.log" 2>&1
-timeout 240 python3 -m pytest -q -m cuda tests/test_gather.py tests/test_layers.py -k nccl 2>&1 | tee "$OUT/nccl_tests.log" | tail -3
-timeout 180 python3 benchmarks/bench_gather.py --nproc 2 --device cuda --sizes-mb 16 64 256 1024 \
+timeout 150 python3 -m pytest -q -m cuda tests/test_gather.py tests/test_layers.py -k nccl 2>&1 | tee "$OUT/nccl_tests.log" | tail -3
+timeout 120 python3 benchmarks/bench_gather.py --nproc 2 --device cuda --sizes-mb 16 64 256 1024 \
     --out "$OUT/bench_gather_nccl.md" 2>&1 | tail -8
 for recipe in nvfp4 bf16; do
-    NPROC=2 MAX_RESTARTS=0 timeout 150 bash launch/train.sh model=small recipe=$recipe data.source=stdlib \
+    NPROC=2 MAX_RESTARTS=0 timeout 120 bash launch/train.sh model=small recipe=$recipe data.source=stdlib \
         train.steps="$STEPS" train.batch_size=16 train.log_interval=10 train.eval_interval=100 train.eval_batches=16 \
         optim.lr=2e-3 optim.warmup_steps=60 output_dir=/tmp/tp2_$recipe checkpoint.dir=/tmp/ckpt_tp2_$recipe \
         checkpoint.interval=100000 2>&1 | grep -v Warning > "$OUT/tp2_$recipe.log"
