@@ -277,8 +277,8 @@ def test_amax_then_cast_end_to_end(kern, gen):
 @pytest.mark.parametrize("mode", ["both", "both_2d", "both_rht", "row", "col_2d"])
 def test_cast_power_of_two_amax(kern, gen, mode):
     # amax = 2^k: the block encode scales have short, repeating significands, so many bf16 products land
-    # exactly on E2M1 ties (0.25, 0.75, ...), where only the exact fp32 product decides. Partly zero rows add
-    # blocks whose scale byte is 0.
+    # exactly on E2M1 ties (0.25, 0.75, ...), where only the exact fp32 product decides. Rows 17-32 set to zero
+    # add rowwise 1x16 blocks whose scale byte is 0 (all-zero tiles and columns: test_all_zero_input).
     x = make_input((1040, 528), torch.bfloat16, gen)
     x[17:33] = 0
     a = ref.compute_amax(x, rht=MODES[mode].get("rht", False))
