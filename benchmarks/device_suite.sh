@@ -2,17 +2,9 @@
 # Everything fp4dist runs on a GPU machine, in one go: build the CUDA kernels, run the CUDA tests,
 # the kernel / MLP / gather benchmarks. Logs and tables go to $OUT (default ./device_out).
 # STEPS picks a subset (default: "tests kernels mlp gather").
-# Wheels for packages the GPU image lacks (hydra-core, omegaconf, antlr4, pytest) are taken from .whl/
-# when present (see docs/benchmarks.md for how they were fetched).
+# Environment and wheels: device_env.sh.
 set -uo pipefail
-OUT="${OUT:-device_out}"; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 FP4DIST_BUILD_DIR="${FP4DIST_BUILD_DIR:-/tmp/fp4dist_build}"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PWD"
-else
-    export PYTHONPATH="$PWD"
-fi
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 python3 -c "import logging; logging.basicConfig(); from fp4dist.backends import cuda; print('kernels available:', cuda.available())" 2>&1 | tee "$OUT/build.log"

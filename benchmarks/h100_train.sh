@@ -8,13 +8,8 @@
 #   bf16            the baseline
 # Metrics go to $OUT/h100_<run>/metrics.jsonl, full logs to $OUT/h100_<run>.log.
 set -uo pipefail
-OUT="${OUT:-device_out}"; STEPS="${STEPS:-2000}"; DATA="${DATA:-data.source=stdlib}"
-MODEL="${MODEL:-small}"; LR="${LR:-2e-3}"
-export PYTHONUNBUFFERED=1 FP4DIST_BUILD_DIR="${FP4DIST_BUILD_DIR:-/tmp/fp4dist_build}"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PWD"
-fi
+source "$(dirname "$0")/device_env.sh"
+STEPS="${STEPS:-2000}"; DATA="${DATA:-data.source=stdlib}"; MODEL="${MODEL:-small}"; LR="${LR:-2e-3}"
 for run in ${RUNS:-nvfp4 nvfp4_last_bf16 bf16}; do
     case $run in
         nvfp4) overrides=(recipe=nvfp4) ;;

@@ -3,14 +3,8 @@
 # the NVFP4 layers, CUDA kernels), the all-gather benchmark, and a TP=2 training pair (NVFP4, bf16).
 # Logs and tables go to $OUT (default ./device_out), at most 8 files. STEPS: training steps per run.
 set -uo pipefail
-OUT="${OUT:-device_out}"; mkdir -p "$OUT"; STEPS="${STEPS:-300}"
-export PYTHONUNBUFFERED=1 FP4DIST_BUILD_DIR="${FP4DIST_BUILD_DIR:-/tmp/fp4dist_build}"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PWD"
-else
-    export PYTHONPATH="$PWD"
-fi
+source "$(dirname "$0")/device_env.sh"
+STEPS="${STEPS:-300}"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvidia-smi topo -m
   python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, 'nccl', torch.cuda.nccl.version())"
   python3 -c "import logging; logging.basicConfig(); from fp4dist.backends import cuda; print('kernels available:', cuda.available())"
