@@ -64,3 +64,12 @@ def run_ranks(fn, world: int, *args, timeout: float = 120.0, backend: str = "glo
             report = "\n".join(f"--- rank {r} failed ---\n{tb}" for r, tb in sorted(failures.items()))
             raise AssertionError(f"{len(failures)} of {world} ranks failed:\n{report}")
         return [done[r] for r in range(world)]
+
+
+def rank_device(rank: int, device: str) -> torch.device:
+    """The device a rank's test body runs on: ``device`` itself, or for "cuda:rank" GPU ``rank``, made
+    current (one GPU per rank, as NCCL needs)."""
+    if device == "cuda:rank":
+        torch.cuda.set_device(rank)
+        return torch.device("cuda", rank)
+    return torch.device(device)

@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 
 from conftest import assert_same_bits
-from multiproc import run_ranks
+from multiproc import rank_device, run_ranks
 from fp4dist import NVFP4Quantizer
 from fp4dist.distributed import all_gather_nvfp4
 
@@ -20,9 +20,7 @@ MODES = {
 
 
 def gather_matches_full(rank, world, seed, dtype, device, backend, strategy):
-    if device == "cuda:rank":  # one GPU per rank (NCCL)
-        device = f"cuda:{rank}"
-        torch.cuda.set_device(device)
+    device = rank_device(rank, device)
     torch.manual_seed(seed)  # same full tensor on every rank
     local_rows = 32
     full = (torch.randn(local_rows * world, 2, 48) * torch.exp(torch.randn(local_rows * world, 2, 1))).to(dtype)

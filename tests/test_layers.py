@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from multiproc import run_ranks
+from multiproc import rank_device, run_ranks
 from fp4dist import HighPrecisionRecipe, NVFP4Quantizer, NVFP4Recipe, nvfp4_gemm
 from fp4dist.parallel import ColumnParallelLinear, RowParallelLinear, allreduce_sequence_parallel_grads
 from fp4dist.parallel.linear import full_weight_init
@@ -109,10 +109,8 @@ def place(rank, device):
     """(torch device, recipe) of a rank: the CPU and the reference backend, or with device "cuda:rank" GPU
     `rank` (one GPU per rank, NCCL) and the CUDA kernels. The oracles stay on the CPU: the kernels give the
     reference's bits."""
-    if device == "cuda:rank":
-        torch.cuda.set_device(rank)
-        return torch.device("cuda", rank), CUDA_RECIPE
-    return torch.device("cpu"), RECIPE
+    dev = rank_device(rank, device)
+    return dev, (CUDA_RECIPE if dev.type == "cuda" else RECIPE)
 
 
 def column_matches_oracle(rank, world, seed, sp, device="cpu"):
