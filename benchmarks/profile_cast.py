@@ -1,11 +1,13 @@
 """Diagnose the cast kernel: time it per layout (rowwise only, columnwise only, both) and optionally run it
 once more for a profiler (Nsight Compute: ``ncu --launch-skip K --launch-count 1 python ... --profile``).
 
-    python benchmarks/profile_cast.py [--size 16384] [--mode 1d|rht|2d] [--profile | --fixed-costs]
+    python benchmarks/profile_cast.py [--size 16384] [--mode 1d|rht|2d] [--profile | --fixed-costs | --kernel-times]
 
 --fixed-costs times the fused cast (both layouts) and a copy of the same byte count two ways: as
 bench_kernels.py does (triton do_bench, which flushes L2 before each call) and back to back (50 calls
-between two events, no flush), to show what each call pays besides its bytes.
+between two events, no flush), to show what each call pays besides its bytes. --kernel-times reports, for
+the same two operations, the kernel's own duration on the GPU (torch.profiler, median of 20 calls, each after
+the same 256 MB cache flush as do_bench) next to the do_bench time, which also counts the launch and the gaps.
 
 Bytes counted as in bench_kernels.py: the input read once + the requested outputs written once.
 """
@@ -38,12 +40,30 @@ def back_to_back(fn, reps: int = 50) -> float:
     return start.elapsed_time(end) * 1e3 / reps
 
 
+def kernel_time(fn, name_part: str, reps: int = 20) -> float:
+    """Median GPU duration (us) of the kernels whose name contains name_part, one call of fn per L2 flush."""
+    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            flush.zero_()
+            fn()
+        torch.cuda.synchronize()
+    durations = sorted(e.time_range.end - e.time_range.start for e in prof.events()
+                       if e.device_type == torch.autograd.DeviceType.CUDA and name_part in e.name)
+    if not durations:
+        raise RuntimeError(f"no kernel named *{name_part}* in the profile")
+    return durations[len(durations) // 2]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--mode", choices=["1d", "rht", "2d"], default="1d")
     ap.add_argument("--profile", action="store_true", help="one warm-up cast, then one cast (both layouts) to profile")
     ap.add_argument("--fixed-costs", action="store_true", help="do_bench vs back-to-back timing, cast and copy")
+    ap.add_argument("--kernel-times", action="store_true", help="GPU kernel duration vs do_bench, cast and copy")
     args = ap.parse_args()
     s = args.size
     x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16) * torch.exp(
@@ -55,10 +75,17 @@ def main():
         return K.cast(x, amax, rowwise=row, columnwise=col, block_2d=block_2d, rht=rht, stochastic_rounding=False,
                       seed=0, rng_offset=0, row_offset=0)
 
-    if args.fixed_costs:
+    if args.fixed_costs or args.kernel_times:
         nbytes = 2 * s * s + 2 * (s * s // 2 + s * s // 16)
         src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
         dst = torch.empty_like(src)
+        if args.kernel_times:
+            for name, fn, kern in (("cast both", lambda: cast(True, True), "cast_"),
+                                   ("copy, same bytes", lambda: dst.copy_(src), "Memcpy")):
+                t_kernel, t_bench = kernel_time(fn, kern), bench(fn)
+                print(f"{args.mode} {s}x{s} {name:16s} kernel {t_kernel:8.1f} us ({nbytes / t_kernel / 1e3:5.0f} GB/s), "
+                      f"do_bench {t_bench:8.1f} us ({nbytes / t_bench / 1e3:5.0f} GB/s)")
+            return
         for name, fn in (("cast both", lambda: cast(True, True)), ("copy, same bytes", lambda: dst.copy_(src))):
             t_flush, t_b2b = bench(fn), back_to_back(fn)
             print(f"{args.mode} {s}x{s} {name:16s} do_bench {t_flush:8.1f} us ({nbytes / t_flush / 1e3:5.0f} GB/s), "
