@@ -170,6 +170,7 @@ def test_cast_matches_reference(kern, gen, shape, mode, dtype):
 
 
 @pytest.mark.parametrize("mode,dtype", [("both", torch.bfloat16), ("both_rht_sr", torch.bfloat16),
+                                        ("both_rht", torch.bfloat16),
                                         ("both_2d", torch.bfloat16), ("both", torch.float32),
                                         ("row_sr_off", torch.float16)])
 def test_cast_large(kern, gen, mode, dtype):
@@ -189,6 +190,7 @@ def test_cast_large(kern, gen, mode, dtype):
     # (8-byte columnwise stores), m % 256 != 0 (bytewise columnwise scales)
     ((528, 1040), "both"),
     ((528, 1040), "both_rht_sr"),
+    ((528, 1040), "both_rht"),
     ((1040, 528), "both_2d"),
     ((1040, 528), "col_rht"),
     ((528, 1040), "row_2d"),
@@ -309,6 +311,34 @@ def test_nan_input(kern, gen, dtype):
     finite = ref.compute_amax(torch.nan_to_num(x.float(), nan=0.0).to(dtype), rht=False)
     check_cast(kern, x, amax=finite, **MODES["both"])
     check_cast(kern, x, amax=finite, **MODES["both_2d"])
+
+
+@pytest.mark.parametrize("mode", ["both_rht", "col_rht"])
+def test_cast_rht_special_chunks(kern, gen, mode):
+    # bf16 16-row column chunks at the edges of the RHT's fp32 arithmetic and of the fast rounding path: NaN, +-inf,
+    # values whose butterfly overflows fp32 (inf - inf), subnormal-only chunks, two equal large values among
+    # subnormals (butterfly outputs that cancel to a few 2^-133, which round to +-0 or to a subnormal after the
+    # * 0.25), zeros and -0; amax from the data (NaN), a finite amax without the specials, and one below the data.
+    x = make_input((256, 512), torch.float32, gen)
+    sub = torch.tensor([1.0, -2.0, 3.0, -1.0, 2.0, -3.0, 1.0, 1.0, -1.0, 2.0, 0.0, -0.0, 3.0, -2.0, 1.0, -1.0])
+    x[0:16, 0], x[16:32, 1], x[32:48, 2] = float("nan"), float("inf"), -float("inf")
+    x[48:64, 3] = 3.0e38 * torch.sign(torch.randn(16, generator=gen))     # the butterfly overflows to inf / NaN
+    x[64:80, 4] = sub * 2.0 ** -133                                         # bf16 subnormals only
+    for j, big in enumerate((2.0 ** -90, 1.5, 2.0 ** 10, 2.0 ** 16)):     # L, L and 14 subnormals (the last two
+                                                                           # give blocks of the fast RN path)
+        x[80:96, 5 + j] = sub * 2.0 ** -133
+        x[80, 5 + j], x[81, 5 + j] = big, big
+        x[96:112, 9 + j] = sub * 2.0 ** -133
+        x[96, 9 + j], x[99, 9 + j] = big, -big
+    x[112:128, 13], x[128:144, 14] = 0.0, -0.0
+    x = x.to(torch.bfloat16)
+    check_cast(kern, x, **MODES[mode])
+    finite = x.clone()
+    finite[0:64, 0:4] = 1.0
+    a = ref.compute_amax(finite, rht=True)
+    check_cast(kern, finite, **MODES[mode])
+    check_cast(kern, finite, amax=a * 0.25, **MODES[mode])   # saturating scales
+    check_cast(kern, x, amax=a, **MODES[mode])
 
 
 def test_infinite_amax_and_inf_input(kern, gen):
