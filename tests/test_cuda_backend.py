@@ -324,8 +324,9 @@ def test_cast_rht_special_chunks(kern, gen, mode):
     x[0:16, 0], x[16:32, 1], x[32:48, 2] = float("nan"), float("inf"), -float("inf")
     x[48:64, 3] = 3.0e38 * torch.sign(torch.randn(16, generator=gen))     # the butterfly overflows to inf / NaN
     x[64:80, 4] = sub * 2.0 ** -133                                         # bf16 subnormals only
-    for j, big in enumerate((2.0 ** -90, 1.5, 2.0 ** 10, 2.0 ** 16)):     # L, L and 14 subnormals (the last two
-                                                                           # give blocks of the fast RN path)
+    # L, L and 14 subnormals; with the amax make_input gives (~1e7-1e9) L = 2^16 (and mostly 2^10) make blocks of
+    # the fast RN path, the smaller L ones of the general path (scale byte 0)
+    for j, big in enumerate((2.0 ** -90, 1.5, 2.0 ** 10, 2.0 ** 16)):
         x[80:96, 5 + j] = sub * 2.0 ** -133
         x[80, 5 + j], x[81, 5 + j] = big, big
         x[96:112, 9 + j] = sub * 2.0 ** -133
