@@ -16,6 +16,17 @@ def gen(request):
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture(scope="session")
+def cuda_kernels():
+    """The fp4dist CUDA kernel backend; the test is skipped where it cannot be built or used."""
+    from fp4dist.backends import cuda_backend
+
+    kernels = cuda_backend()
+    if kernels is None:
+        pytest.skip("fp4dist CUDA kernels unavailable (see the fp4dist log line)")
+    return kernels
+
+
 def random_tensor(shape, gen, dtype=torch.float32, device="cpu"):
     """Normal values with per-row magnitudes spread over ~6 decades, some zero blocks, signs mixed."""
     x = torch.randn(shape, generator=gen)

@@ -66,6 +66,11 @@ def run_ranks(fn, world: int, *args, timeout: float = 120.0, backend: str = "glo
         return [done[r] for r in range(world)]
 
 
+def nccl_world() -> int:
+    """Ranks for a one-GPU-per-rank NCCL test: 4 where the host has 4 GPUs, else 2."""
+    return 4 if torch.cuda.device_count() >= 4 else 2
+
+
 def rank_device(rank: int, device: str) -> torch.device:
     """The device a rank's test body runs on: ``device`` itself, or for "cuda:rank" GPU ``rank``, made
     current (one GPU per rank, as NCCL needs)."""

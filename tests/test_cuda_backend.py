@@ -26,12 +26,8 @@ POISONS = (0xAB, 0x5C)
 
 
 @pytest.fixture(scope="module")
-def kern():
-    from fp4dist.backends import cuda
-
-    if not cuda.available():
-        pytest.skip("fp4dist CUDA kernels unavailable (see the fp4dist log line)")
-    return cuda
+def kern(cuda_kernels):
+    return cuda_kernels
 
 
 # ------------------------------------------------------------------------------------------------

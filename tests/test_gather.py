@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 
 from conftest import assert_same_bits
-from multiproc import rank_device, run_ranks
+from multiproc import nccl_world, rank_device, run_ranks
 from fp4dist import NVFP4Quantizer
 from fp4dist.distributed import all_gather_nvfp4
 
@@ -54,10 +54,7 @@ def test_gather_fp32_and_fp16_inputs(gen):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("world", [2, 4])
-def test_gather_cuda_backend_gloo_over_cuda_tensors(world, gen):
-    from fp4dist.backends import cuda_backend
-    if cuda_backend() is None:
-        pytest.skip("fp4dist CUDA kernels unavailable")
+def test_gather_cuda_backend_gloo_over_cuda_tensors(world, gen, cuda_kernels):
     seed = int(torch.randint(2**31, (1,), generator=gen))
     run_ranks(gather_matches_full, world, seed, torch.bfloat16, "cuda", "cuda", "per_component", timeout=300)
     run_ranks(gather_matches_full, world, seed, torch.bfloat16, "cuda", "cuda", "packed", timeout=300)
@@ -66,13 +63,9 @@ def test_gather_cuda_backend_gloo_over_cuda_tensors(world, gen):
 @pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL, one GPU per rank)")
 @pytest.mark.parametrize("strategy", ["per_component", "packed"])
-def test_gather_nccl_one_gpu_per_rank(strategy, gen):
-    from fp4dist.backends import cuda_backend
-    if cuda_backend() is None:
-        pytest.skip("fp4dist CUDA kernels unavailable")
-    world = 4 if torch.cuda.device_count() >= 4 else 2
+def test_gather_nccl_one_gpu_per_rank(strategy, gen, cuda_kernels):
     seed = int(torch.randint(2**31, (1,), generator=gen))
-    run_ranks(gather_matches_full, world, seed, torch.bfloat16, "cuda:rank", "cuda", strategy, timeout=300,
+    run_ranks(gather_matches_full, nccl_world(), seed, torch.bfloat16, "cuda:rank", "cuda", strategy, timeout=300,
               backend="nccl")
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from multiproc import rank_device, run_ranks
+from multiproc import nccl_world, rank_device, run_ranks
 from fp4dist import HighPrecisionRecipe, NVFP4Quantizer, NVFP4Recipe, nvfp4_gemm
 from fp4dist.parallel import ColumnParallelLinear, RowParallelLinear, allreduce_sequence_parallel_grads
 from fp4dist.parallel.linear import full_weight_init
@@ -177,12 +177,8 @@ def test_nvfp4_layers_match_oracle(check, world, sp, gen):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL, one GPU per rank)")
 @pytest.mark.parametrize("sp", [False, True], ids=["tp", "tp_sp"])
 @pytest.mark.parametrize("check", [column_matches_oracle, row_matches_oracle], ids=["column", "row"])
-def test_nvfp4_layers_nccl_one_gpu_per_rank(check, sp, gen):
-    from fp4dist.backends import cuda_backend
-    if cuda_backend() is None:
-        pytest.skip("fp4dist CUDA kernels unavailable")
-    world = 4 if torch.cuda.device_count() >= 4 else 2
-    run_ranks(check, world, int(torch.randint(2**31, (1,), generator=gen)), sp, "cuda:rank", timeout=300,
+def test_nvfp4_layers_nccl_one_gpu_per_rank(check, sp, gen, cuda_kernels):
+    run_ranks(check, nccl_world(), int(torch.randint(2**31, (1,), generator=gen)), sp, "cuda:rank", timeout=300,
               backend="nccl")
 
 
