@@ -8,7 +8,7 @@
 # same machine state. Log: $OUT/ab.log (environment: device_env.sh).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-ROOT=$PWD SITE="${PYTHONPATH%%:*}"
+ROOT=$PWD BASE_PATH="$PYTHONPATH"  # the variant's copy goes first, so that it is the fp4dist imported
 ROUNDS="${ROUNDS:-2}" TESTK="${TESTK:-rht}"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.txt"
 names=(tree)
@@ -17,12 +17,12 @@ prepare() {  # name [patch]
     local dir=/tmp/ab_$1
     rm -rf "$dir" && mkdir -p "$dir" && cp -r fp4dist csrc benchmarks tests pyproject.toml "$dir"/
     if [ -n "${2:-}" ]; then (cd "$dir" && git apply "$ROOT/$2") || { echo "$1: patch does not apply"; return 1; }; fi
-    (cd "$dir" && FP4DIST_BUILD_DIR=/tmp/ab_build_$1 PYTHONPATH="$SITE:$dir" python3 -c \
+    (cd "$dir" && FP4DIST_BUILD_DIR=/tmp/ab_build_$1 PYTHONPATH="$dir:$BASE_PATH" python3 -c \
         "import logging; logging.basicConfig(); from fp4dist.backends import cuda; print('$1 built:', cuda.available())")
 }
 in_variant() {  # name command...
     local name=$1; shift
-    (cd /tmp/ab_$name && FP4DIST_BUILD_DIR=/tmp/ab_build_$name PYTHONPATH="$SITE:/tmp/ab_$name" "$@")
+    (cd /tmp/ab_$name && FP4DIST_BUILD_DIR=/tmp/ab_build_$name PYTHONPATH="/tmp/ab_$name:$BASE_PATH" "$@")
 }
 prepare tree > "$OUT/build_tree.log" 2>&1 &
 for f in ${PATCHES:-}; do prepare "$(basename "$f" .patch)" "$f" > "$OUT/build_$(basename "$f" .patch).log" 2>&1 & done
