@@ -61,6 +61,17 @@ def cast_kwargs(block_2d=False, rht=False):
                 rng_offset=0, row_offset=0)
 
 
+def bench_input(s: int) -> torch.Tensor:
+    """The benchmarks' input: bf16 [s, s], standard normal rows scaled by exp(2 N(0, 1)) each."""
+    return torch.randn(s, s, device="cuda", dtype=torch.bfloat16) * torch.exp(
+        torch.randn(s, 1, device="cuda") * 2).to(torch.bfloat16)
+
+
+def cast_bytes(m: int, n: int, elem_size: int = 2) -> int:
+    """Bytes a cast to both layouts moves: X [m, n] read once, codes and scales of both layouts written once."""
+    return m * n * elem_size + 2 * (m * n // 2 + m * n // 16)
+
+
 def try_compile(make, *args):
     """(time in us, note) of torch.compile(make()) on args, or (None, reason)."""
     try:
@@ -98,12 +109,11 @@ def run(sizes, compile_baseline: bool, variants=()):
 
     for s in sizes:
         m = n = s
-        x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16) * torch.exp(
-            torch.randn(m, 1, device="cuda") * 2).to(torch.bfloat16)
+        x = bench_input(s)
         amax = K.compute_amax(x, rht=False)
         amax_rht = K.compute_amax(x, rht=True)
         in_bytes = m * n * x.element_size()
-        out_bytes = 2 * (m * n // 2 + m * n // 16)   # both layouts: codes + scales
+        cast_nbytes = cast_bytes(m, n, x.element_size())
         shape = f"{m}x{n} bf16"
 
         for name, kw, a, rht_amax in (("cast 1D", cast_kwargs(), amax, False),
@@ -113,7 +123,7 @@ def run(sizes, compile_baseline: bool, variants=()):
             tc, note = (None, "compile skipped")
             if compile_baseline:
                 tc, note = try_compile(lambda kw=kw: functools.partial(ref.cast, **kw), x, a)
-            add(name, shape, in_bytes + out_bytes, t, tc, note)
+            add(name, shape, cast_nbytes, t, tc, note)
             if name == "cast 1D":
                 def both(x=x):
                     return K.cast(x, K.compute_amax(x, rht=False), **cast_kwargs())
@@ -122,14 +132,14 @@ def run(sizes, compile_baseline: bool, variants=()):
                 if compile_baseline:
                     tc2, note2 = try_compile(
                         lambda: (lambda x: ref.cast(x, ref.compute_amax(x, rht=False), **cast_kwargs())), x)
-                add("amax+cast 1D", shape, in_bytes + out_bytes, t2, tc2, note2)
+                add("amax+cast 1D", shape, cast_nbytes, t2, tc2, note2)
 
         default_variant = K._CAST_VARIANT
         for v in variants:  # other tile shapes of the cast kernel (16-bit inputs), for comparison
             K._CAST_VARIANT = v
             for name, kw, a in (("cast 1D", cast_kwargs(), amax), ("cast RHT", cast_kwargs(rht=True), amax_rht),
                                 ("cast 2D", cast_kwargs(block_2d=True), amax)):
-                add(f"{name} [tiles v{v}]", shape, in_bytes + out_bytes, bench(functools.partial(K.cast, x, a, **kw)),
+                add(f"{name} [tiles v{v}]", shape, cast_nbytes, bench(functools.partial(K.cast, x, a, **kw)),
                     None, "(variant timing)")
         K._CAST_VARIANT = default_variant
 

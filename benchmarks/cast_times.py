@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_kernels import bench, cast_kwargs, copy_bandwidth  # noqa: E402
+from bench_kernels import bench, bench_input, cast_bytes, cast_kwargs, copy_bandwidth  # noqa: E402
 from fp4dist.backends import cuda as K  # noqa: E402
 
 
@@ -25,10 +25,9 @@ def main():
     cells = [f"{tag:28s} copy {copy_gbs:5.0f} GB/s"]
     for s in (8192, 16384):
         torch.manual_seed(0)
-        x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16) * torch.exp(
-            torch.randn(s, 1, device="cuda") * 2).to(torch.bfloat16)
+        x = bench_input(s)
         amax, amax_rht = K.compute_amax(x, rht=False), K.compute_amax(x, rht=True)
-        nbytes = s * s * 2 + 2 * (s * s // 2 + s * s // 16)  # input + both layouts' codes and scales
+        nbytes = cast_bytes(s, s)
         for name, kw, a in (("1D", cast_kwargs(), amax), ("RHT", cast_kwargs(rht=True), amax_rht),
                             ("2D", cast_kwargs(block_2d=True), amax)):
             t = bench(functools.partial(K.cast, x, a, **kw))

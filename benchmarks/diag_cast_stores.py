@@ -193,17 +193,16 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="*", default=[16384, 8192])
     ap.add_argument("--kernel", type=int, default=82, help="cast variant the modes apply to (82: the 128-row kernel, 17: the wide kernel)")
     args = ap.parse_args()
-    from bench_kernels import bench, copy_bandwidth
+    from bench_kernels import bench, bench_input, cast_bytes, copy_bandwidth
     from fp4dist.backends import cuda as K
 
     K._CSRC = patched_sources()
     assert K.available(), "the patched kernels did not build"
     copy = copy_bandwidth()
     for s in args.sizes:
-        x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16) * torch.exp(
-            torch.randn(s, 1, device="cuda") * 2).to(torch.bfloat16)
+        x = bench_input(s)
         amax = K.compute_amax(x, rht=False)
-        nbytes = 2 * s * s + 2 * (s * s // 2 + s * s // 16)
+        nbytes = cast_bytes(s, s)
         for mode in args.modes:
             what = MODES.get(mode, str(mode))
             K._CAST_VARIANT = args.kernel + 1000 * mode

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_kernels import bench, copy_bandwidth  # noqa: E402
+from bench_kernels import bench, bench_input, cast_bytes, copy_bandwidth  # noqa: E402
 from fp4dist.backends import cuda as K  # noqa: E402
 
 
@@ -66,8 +66,7 @@ def main():
     ap.add_argument("--kernel-times", action="store_true", help="GPU kernel duration vs do_bench, cast and copy")
     args = ap.parse_args()
     s = args.size
-    x = torch.randn(s, s, device="cuda", dtype=torch.bfloat16) * torch.exp(
-        torch.randn(s, 1, device="cuda") * 2).to(torch.bfloat16)
+    x = bench_input(s)
     rht, block_2d = args.mode == "rht", args.mode == "2d"
     amax = K.compute_amax(x, rht=rht)
 
@@ -76,7 +75,7 @@ def main():
                       seed=0, rng_offset=0, row_offset=0)
 
     if args.fixed_costs or args.kernel_times:
-        nbytes = 2 * s * s + 2 * (s * s // 2 + s * s // 16)
+        nbytes = cast_bytes(s, s)
         src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
         dst = torch.empty_like(src)
         if args.kernel_times:
