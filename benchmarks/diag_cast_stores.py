@@ -1,7 +1,10 @@
-"""Diagnostic, not part of the library: time the fused cast (both layouts, 1D, bf16) with parts of its memory
-traffic or compute switched off or changed at run time (wrong outputs), to see what limits it.
+"""Diagnostic, not part of the library: time the fused cast (both layouts, 1D blocks, bf16; with --rht the
+columnwise layout RHT'd) with parts of its memory traffic or compute switched off or changed at run time
+(wrong outputs), to see what limits it.
 
-    python benchmarks/diag_cast_stores.py [--modes 0 15 ...]   # on a GPU machine; results in docs/benchmarks.md
+    python benchmarks/diag_cast_stores.py [--kernel 82|7|17] [--rht] [--modes 0 15 ...]   # on a GPU machine
+    python benchmarks/diag_cast_stores.py --kernel 7 --rht --modes 0 15 2048 2063   # the RHT cast as it runs,
+                                                                  # without stores / loads / both
 
 Builds a patched copy of csrc/ in /tmp/exp_csrc (the patch asserts the lines it edits, so it fails loudly
 once the kernel changes) and selects the mode through the cast variant (variant + 1000 * mode bits):
@@ -10,7 +13,9 @@ rowwise / columnwise scales as one 8-byte store per row / column; 64 prefetch th
 sectors into L2; 256 scales written
 tile-major (whole sectors, wrong layout); 512 no quantization (stores of raw bits); 1024 scale stores
 with an L2 evict-last policy; 2048 no loads after the first two tiles (compute on stale tiles); 4096 data
-written tile-major.
+written tile-major. The wide kernel (7, and 17 without its both-layouts path) takes modes 1, 2, 4, 8 (stores
+off), 512 (no quantization: variant 17 only) and 2048 (no loads after its first ring of 4 sub-tiles).
+Results: docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -191,7 +196,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--modes", type=int, nargs="*", default=list(MODES))
     ap.add_argument("--sizes", type=int, nargs="*", default=[16384, 8192])
-    ap.add_argument("--kernel", type=int, default=82, help="cast variant the modes apply to (82: the 128-row kernel, 17: the wide kernel)")
+    ap.add_argument("--kernel", type=int, default=82,
+                    help="cast variant the modes apply to (82: the 128-row kernel, 7: the wide kernel as the library "
+                         "runs it, 17: the wide kernel without its both-layouts path)")
+    ap.add_argument("--rht", action="store_true", help="the RHT cast (columnwise layout RHT'd) instead of the 1D cast")
     args = ap.parse_args()
     from bench_kernels import bench, bench_input, cast_bytes, copy_bandwidth
     from fp4dist.backends import cuda as K
@@ -201,12 +209,12 @@ def main():
     copy = copy_bandwidth()
     for s in args.sizes:
         x = bench_input(s)
-        amax = K.compute_amax(x, rht=False)
+        amax = K.compute_amax(x, rht=args.rht)
         nbytes = cast_bytes(s, s)
         for mode in args.modes:
             what = MODES.get(mode, str(mode))
             K._CAST_VARIANT = args.kernel + 1000 * mode
-            t = bench(lambda: K.cast(x, amax, rowwise=True, columnwise=True, block_2d=False, rht=False,
+            t = bench(lambda: K.cast(x, amax, rowwise=True, columnwise=True, block_2d=False, rht=args.rht,
                                      stochastic_rounding=False, seed=0, rng_offset=0, row_offset=0))
             print(f"{s} {mode:5d} {what:24s} {t:7.1f} us  {nbytes / t / 1e3 / copy * 100:5.1f}% of copy (full byte count)",
                   flush=True)
