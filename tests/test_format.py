@@ -1,4 +1,4 @@
-"""Hand-derived, bit-exact cases of the NVFP4 spec (shared/docs/nvfp4-numerics.md)."""
+"""Hand-derived, bit-exact cases of the NVFP4 spec (docs/numerics.md)."""
 
 import pytest
 import torch
