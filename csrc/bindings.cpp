@@ -1,24 +1,16 @@
-// Python bindings of the fp4dist NVFP4 kernels (csrc/nvfp4_kernels.cu). Shapes, dtypes and
-// allocation are checked and done in fp4dist/backends/cuda.py; this layer checks what would make a
-// kernel read or write out of bounds, then launches on the current stream.
+// The one Python module of fp4dist's CUDA code: the NVFP4 kernels' launchers (csrc/fp4dist.h) and the
+// cuBLAS device-alpha GEMM. Shapes, dtypes and allocation are checked and done in fp4dist/backends/cuda.py;
+// this layer checks what would make a kernel read or write out of bounds, then launches on the current stream.
 
 #include <cstdint>
 
-#include <c10/cuda/CUDAStream.h>
+#include <ATen/cuda/CUDAContextLight.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
-namespace fp4dist_cuda {
-cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,
-                        uint8_t* cd, uint8_t* cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
-                        uint32_t key_row, uint32_t key_col, uint32_t row_offset, int variant,
-                        cudaStream_t stream);
-cudaError_t launch_amax(int dtype, const void* x, int64_t m, int64_t n, bool rht, float* out, cudaStream_t stream);
-cudaError_t launch_dequantize(int out_dtype, const uint8_t* data, const uint8_t* scale, const float* dec, void* out,
-                              int64_t nblocks, cudaStream_t stream);
-cudaError_t launch_swap_first_dims(const void* in, void* out, int64_t a, int64_t b, int64_t row_bytes,
-                                   cudaStream_t stream);
-}  // namespace fp4dist_cuda
+#include "fp4dist.h"
+
 
 namespace {
 
@@ -48,7 +40,7 @@ uint8_t* byte_ptr(const at::Tensor& t) { return static_cast<uint8_t*>(t.data_ptr
 
 void cast(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
           const at::Tensor& cd, const at::Tensor& cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
-          int64_t key_row, int64_t key_col, int64_t row_offset, int64_t variant) {
+          int64_t key_row, int64_t key_col, int64_t row_offset) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D CUDA tensor");
   TORCH_CHECK(amax.is_cuda() && amax.device() == x.device() && amax.scalar_type() == at::kFloat &&
                   amax.is_contiguous() && amax.numel() == 2,
@@ -71,7 +63,7 @@ void cast(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, con
                                        do_col ? byte_ptr(cd) : nullptr, do_col ? byte_ptr(cs) : nullptr, do_row,
                                        do_col, block_2d, rht, sr, static_cast<uint32_t>(key_row),
                                        static_cast<uint32_t>(key_col), static_cast<uint32_t>(row_offset),
-                                       static_cast<int>(variant), c10::cuda::getCurrentCUDAStream().stream()),
+                                       c10::cuda::getCurrentCUDAStream().stream()),
              "cast");
 }
 
@@ -121,6 +113,30 @@ void swap_first_dims(const at::Tensor& in, const at::Tensor& out, int64_t a, int
              "swap_first_dims");
 }
 
+void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, const at::Tensor& out) {
+  TORCH_CHECK(a.is_cuda() && b.is_cuda() && alpha.is_cuda() && out.is_cuda(), "gemm_alpha: CUDA tensors only");
+  TORCH_CHECK(a.device() == b.device() && alpha.device() == a.device() && out.device() == a.device(),
+              "gemm_alpha: a, b, alpha and out must be on one device");
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2, "gemm_alpha: a, b and out must be 2-D");
+  TORCH_CHECK(a.is_contiguous() && b.is_contiguous() && out.is_contiguous(), "gemm_alpha: contiguous tensors only");
+  TORCH_CHECK(a.scalar_type() == b.scalar_type() &&
+                  (a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf),
+              "gemm_alpha: a and b must both be bfloat16 or both float16");
+  TORCH_CHECK(alpha.scalar_type() == at::kFloat && alpha.numel() == 1, "gemm_alpha: alpha must be one fp32 value");
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
+  TORCH_CHECK(b.size(1) == k, "gemm_alpha: contraction dims differ: a ", a.sizes(), ", b ", b.sizes());
+  TORCH_CHECK(out.size(0) == m && out.size(1) == n, "gemm_alpha: out must be [", m, ", ", n, "]");
+  TORCH_CHECK(m < INT32_MAX && n < INT32_MAX && k < INT32_MAX, "gemm_alpha: dims must fit in int32");
+  if (m == 0 || n == 0) return;
+  const c10::cuda::CUDAGuard guard(a.device());
+  const at::Tensor beta = at::zeros({1}, alpha.options());
+  // the current stream's handle
+  const int status = fp4dist_cuda::launch_gemm_alpha(at::cuda::getCurrentCUDABlasHandle(), dtype_code(a),
+                                                     dtype_code(out), m, n, k, a.data_ptr(), b.data_ptr(),
+                                                     alpha.data_ptr<float>(), beta.data_ptr<float>(), out.data_ptr());
+  TORCH_CHECK(status == 0, "gemm_alpha: cublasGemmEx failed with status ", status);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -129,4 +145,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amax", &amax, "amax pass: out[0] = max|X|, out[1] = max|columnwise source|");
   m.def("dequantize", &dequantize, "NVFP4 dequantize of one layout");
   m.def("swap_first_dims", &swap_first_dims, "[a, b, row_bytes] -> [b, a, row_bytes]");
+  m.def("gemm_alpha", &gemm_alpha, "out = alpha * a @ b^T (cuBLAS, fp32 accumulation, alpha on the device)");
 }

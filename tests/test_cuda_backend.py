@@ -147,6 +147,7 @@ MODES = {
     "row_sr_off": dict(rowwise=True, columnwise=False, sr=True, seed=2**40 + 5, rng_offset=2**33 + 1,
                        row_offset=4096),
     "both_rht_sr": dict(rowwise=True, columnwise=True, rht=True, sr=True, seed=99, rng_offset=3, row_offset=48),
+    "col_rht_sr": dict(rowwise=False, columnwise=True, rht=True, sr=True, seed=2**63 + 9, rng_offset=5, row_offset=16),
     "both_2d_sr": dict(rowwise=True, columnwise=True, block_2d=True, sr=True, seed=5, rng_offset=0,
                        row_offset=123456),
     # not a combination the quantizer asks for; the kernels support it (rowwise tiles of X, columnwise of RHT(X))
@@ -199,14 +200,16 @@ def test_cast_odd_shapes(kern, gen, shape, mode, dtype):
     check_cast(kern, make_input(shape, dtype, gen), **MODES[mode])
 
 
-@pytest.mark.parametrize("variant", [82, 2, 1, 3, 7, 17])
-@pytest.mark.parametrize("mode", ["both", "both_2d", "both_rht_sr"])
-def test_cast_kernel_variants(kern, gen, monkeypatch, variant, mode):
-    # every cast kernel the variant switch can select (7: the wide kernel, the default;
-    # the others: the 128-row kernel's tile shapes, which fp32 and unaligned 16-bit inputs take)
-    monkeypatch.setattr(kern, "_CAST_VARIANT", variant)
+@pytest.mark.parametrize("shape,mode", [
+    # 16-bit rows of a multiple of 16 bytes: the wide kernel (both-layouts path, 16x16 path, single-layout path)
+    ((1040, 528), "both"), ((1040, 528), "both_2d"), ((1040, 528), "both_rht_sr"), ((1040, 536), "col_rht"),
+    # columnwise-only casts with n % 8 != 0 (rows not a multiple of 16 bytes): the 128-row kernel's element loads
+    ((1040, 532), "col"), ((1040, 532), "col_rht"), ((1040, 532), "col_rht_sr"),
+], ids=lambda v: v if isinstance(v, str) else "x".join(map(str, v)))
+def test_cast_kernel_dispatch(kern, gen, shape, mode):
+    # both cast kernels that 16-bit inputs can be dispatched to (fp32 inputs always take the 128-row kernel)
     for dtype in (torch.bfloat16, torch.float16):
-        check_cast(kern, make_input((1040, 528), dtype, gen), **MODES[mode])
+        check_cast(kern, make_input(shape, dtype, gen), **MODES[mode])
 
 
 @pytest.mark.parametrize("mode", ["both_2d", "both_2d_sr"])

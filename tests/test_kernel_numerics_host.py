@@ -1,5 +1,5 @@
-"""The CUDA cast kernel's fast RN path, checked on the CPU: csrc/nvfp4_kernels.cu compiled for the host
-(its numeric helpers are __host__ __device__) by nvcc, no GPU needed. See tests/host/fast_rn_check.cu."""
+"""The CUDA cast kernels' fast RN path, checked on the CPU: csrc/common/numerics.cuh compiled for the host
+(its helpers are __host__ __device__) by nvcc, no GPU needed. See tests/host/fast_rn_check.cu."""
 
 import shutil
 import subprocess

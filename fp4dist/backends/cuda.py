@@ -1,12 +1,13 @@
-"""The CUDA backend: fp4dist's NVFP4 kernels (csrc/nvfp4_kernels.cu), JIT-built on first use.
+"""The CUDA backend: fp4dist's NVFP4 kernels and cuBLAS device-alpha GEMM (csrc/), JIT-built on first use.
 
 Same interface and the same bits as :mod:`fp4dist.backends.reference` (see ``backends/__init__.py``).
 Nothing here synchronizes with the host: amax, S_enc/S_dec and the decode scale stay on the device.
 
 ``available()`` is False, silently, without a CUDA device or with ``FP4DIST_DISABLE_CUDA=1``.
-Otherwise the first call builds the extension with ``torch.utils.cpp_extension.load`` (ninja) into
-``$FP4DIST_BUILD_DIR`` (default ``~/.cache/fp4dist/build-<torch version>-<source hash>``) for sm_90;
-if that fails it logs one warning line on the ``fp4dist`` logger and returns False.
+Otherwise the first call builds the one extension (every .cu / .cpp under csrc/, linked with cuBLAS) with
+``torch.utils.cpp_extension.load`` (ninja) into ``$FP4DIST_BUILD_DIR`` (default
+``~/.cache/fp4dist/build-<torch version>-<source hash>``, the hash over every file under csrc/ and the flags)
+for sm_90; if that fails it logs one warning line on the ``fp4dist`` logger and returns False.
 """
 
 from __future__ import annotations
@@ -25,29 +26,30 @@ from fp4dist import rng
 log = logging.getLogger("fp4dist")
 
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"
-_SOURCES = ("nvfp4_kernels.cu", "bindings.cpp")
 # -fmad=false: no FMA contraction (it would change bits); no fast math / ftz (S_dec may be subnormal).
 _CUDA_FLAGS = ["-O3", "-std=c++17", "-fmad=false", "-gencode=arch=compute_90,code=sm_90", "-lineinfo"]
 _CXX_FLAGS = ["-O3", "-std=c++17"]
+_LD_FLAGS = ["-lcublas"]
 
 _lock = threading.Lock()
 _ext: ModuleType | None = None
 _build_failed = False
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-# Cast kernel variant: 7 = the wide kernel (16-bit inputs with 16-byte aligned rows; the others fall back to 82);
-# else the 128-row kernel: tile shape for 16-bit inputs (1 = 64x128, 2 = 128x128, 3 = 256x64) + 10 * tile rows
-# per group of the tile order (0 = row-major). See docs/kernels.md.
-_CAST_VARIANT = int(os.environ.get("FP4DIST_CAST_VARIANT", "7"))
 _ROWWISE_STREAM, _COLUMNWISE_STREAM = 0, 1
+
+
+def _csrc_files() -> list[Path]:
+    """Every file of the extension's source tree (headers included), in a fixed order."""
+    return sorted(p for p in _CSRC.rglob("*") if p.is_file() and p.suffix in (".cu", ".cuh", ".cpp", ".h"))
 
 
 def _source_hash() -> str:
     h = hashlib.sha256()
-    for name in _SOURCES:
-        h.update(name.encode())
-        h.update((_CSRC / name).read_bytes())
-    h.update(" ".join(_CUDA_FLAGS + _CXX_FLAGS).encode())
+    for path in _csrc_files():
+        h.update(path.relative_to(_CSRC).as_posix().encode())
+        h.update(path.read_bytes())
+    h.update(" ".join(_CUDA_FLAGS + _CXX_FLAGS + _LD_FLAGS).encode())
     return h.hexdigest()[:16]
 
 
@@ -58,9 +60,9 @@ def _build() -> ModuleType:
     build_dir = os.environ.get("FP4DIST_BUILD_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "fp4dist", f"build-{torch.__version__}-{digest}")
     os.makedirs(build_dir, exist_ok=True)
-    return load(name=f"fp4dist_cuda_{digest}", sources=[str(_CSRC / s) for s in _SOURCES],
-                extra_cflags=_CXX_FLAGS, extra_cuda_cflags=_CUDA_FLAGS, build_directory=build_dir,
-                verbose=False)
+    sources = [str(p) for p in _csrc_files() if p.suffix in (".cu", ".cpp")]
+    return load(name=f"fp4dist_cuda_{digest}", sources=sources, extra_cflags=_CXX_FLAGS,
+                extra_cuda_cflags=_CUDA_FLAGS, extra_ldflags=_LD_FLAGS, build_directory=build_dir, verbose=False)
 
 
 def available() -> bool:
@@ -85,39 +87,15 @@ def available() -> bool:
     return _ext is not None
 
 
-_gemm_ext: ModuleType | None = None
-_gemm_failed = False
-
-
 def gemm_alpha_available() -> bool:
-    """True when the cuBLAS device-alpha GEMM (csrc/gemm_alpha.cpp) is built and loaded."""
-    global _gemm_ext, _gemm_failed
-    if not available():
-        return False
-    with _lock:
-        if _gemm_ext is None and not _gemm_failed:
-            try:
-                from torch.utils.cpp_extension import load
-
-                src = _CSRC / "gemm_alpha.cpp"
-                digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-                build_dir = os.path.join(os.environ.get("FP4DIST_BUILD_DIR") or os.path.join(
-                    os.path.expanduser("~"), ".cache", "fp4dist"), f"gemm-{torch.__version__}-{digest}")
-                os.makedirs(build_dir, exist_ok=True)
-                _gemm_ext = load(name=f"fp4dist_gemm_{digest}", sources=[str(src)], extra_cflags=_CXX_FLAGS,
-                                 extra_ldflags=["-lcublas"], with_cuda=True, build_directory=build_dir,
-                                 verbose=False)
-            except Exception as e:  # noqa: BLE001 - any failure means "use the fallback", said once
-                _gemm_failed = True
-                log.warning("fp4dist cuBLAS device-alpha GEMM unavailable (%s: %s); nvfp4_gemm reads alpha on the "
-                            "host instead", type(e).__name__, str(e).strip().splitlines()[0][:300] if str(e) else "")
-    return _gemm_ext is not None
+    """True when the cuBLAS device-alpha GEMM can run: it is part of the kernels' extension."""
+    return available()
 
 
 def gemm_alpha(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """alpha * a [M, K] @ b [N, K]^T in out_dtype; a, b bf16 or fp16, fp32 accumulation, alpha an fp32 CUDA scalar."""
     out = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
-    _gemm_ext.gemm_alpha(a.contiguous(), b.contiguous(), alpha.reshape(1).float().contiguous(), out)
+    _kernels().gemm_alpha(a.contiguous(), b.contiguous(), alpha.reshape(1).float().contiguous(), out)
     return out
 
 
@@ -205,7 +183,7 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
                         rd if rd is not None else empty, rs.view(torch.uint8) if rs is not None else empty,
                         cd if cd is not None else empty, cs.view(torch.uint8) if cs is not None else empty,
                         bool(rowwise), bool(columnwise), bool(block_2d), bool(rht), bool(stochastic_rounding),
-                        int(key_row), int(key_col), int(row_offset) & 0xFFFFFFFF, _CAST_VARIANT)
+                        int(key_row), int(key_col), int(row_offset) & 0xFFFFFFFF)
     return rd, rs, cd, cs
 
 

@@ -1,0 +1,40 @@
+// The launchers of fp4dist's CUDA kernels: plain C++ on raw device pointers, no torch. Each launches on
+// `stream` and returns the launch's error (the GEMM: a cublasStatus_t as int). csrc/bindings.cpp checks
+// shapes, dtypes and alignment before it calls them. dtype codes: 0 bf16, 1 fp16, 2 fp32.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+struct cublasContext;  // cublasHandle_t is cublasContext*
+
+namespace fp4dist_cuda {
+
+// NVFP4 cast of X [m, n] (row-major) into the requested layouts, with the global scales from amax [2]
+// (rowwise, columnwise). rd [m, n/2] / rs [m, n/16] rowwise codes / E4M3 scales; cd [n, m/2] / cs [n, m/16]
+// columnwise (of X^T, or of RHT(X^T) with rht); all 16-byte aligned; null where not requested.
+// sr: stochastic rounding with the stream keys key_row / key_col (fp4dist/rng.py) and rows counted from
+// row_offset.
+cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,
+                        uint8_t* cd, uint8_t* cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
+                        uint32_t key_row, uint32_t key_col, uint32_t row_offset, cudaStream_t stream);
+
+// out: fp32 [2], zeroed by the caller. Without rht both entries get max|X|.
+cudaError_t launch_amax(int dtype, const void* x, int64_t m, int64_t n, bool rht, float* out, cudaStream_t stream);
+
+// out [nblocks * 16] (16-byte aligned) = e2m1(data) * float(scale) * *dec; data [nblocks * 8] bytes (4-byte
+// aligned), scale [nblocks] E4M3 bytes.
+cudaError_t launch_dequantize(int out_dtype, const uint8_t* data, const uint8_t* scale, const float* dec, void* out,
+                              int64_t nblocks, cudaStream_t stream);
+
+// [a, b, row_bytes] -> [b, a, row_bytes].
+cudaError_t launch_swap_first_dims(const void* in, void* out, int64_t a, int64_t b, int64_t row_bytes,
+                                   cudaStream_t stream);
+
+// out [m, n] (row-major, out_dtype) = *alpha * a [m, k] @ b [n, k]^T + *beta * out, through cublasGemmEx with fp32
+// accumulation; a, b of ab_dtype (bf16 or fp16); alpha and beta fp32 in device memory. Runs on the handle's
+// stream. Returns the cublasStatus_t.
+int launch_gemm_alpha(cublasContext* handle, int ab_dtype, int out_dtype, int64_t m, int64_t n, int64_t k,
+                      const void* a, const void* b, const float* alpha, const float* beta, void* out);
+
+}  // namespace fp4dist_cuda
