@@ -150,8 +150,11 @@ cudaError_t launch_amax_t(const void* xv, int64_t m, int64_t n, bool rht, float*
 }
 }  // namespace
 
-// out: fp32 [2], zeroed by the caller. Without rht both entries get max|X|.
 cudaError_t launch_amax(int dtype, const void* x, int64_t m, int64_t n, bool rht, float* out, cudaStream_t stream) {
+  if (dtype < 0 || dtype > 2) return cudaErrorInvalidValue;
+  // the CTAs atomicMax their maxima (fp32 bits of values >= 0) into out: start from +0
+  const cudaError_t err = cudaMemsetAsync(out, 0, 2 * sizeof(float), stream);
+  if (err != cudaSuccess) return err;
   switch (dtype) {
     case 0: return launch_amax_t<__nv_bfloat16>(x, m, n, rht, out, stream);
     case 1: return launch_amax_t<__half>(x, m, n, rht, out, stream);

@@ -19,7 +19,8 @@ cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const fl
                         uint8_t* cd, uint8_t* cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
                         uint32_t key_row, uint32_t key_col, uint32_t row_offset, cudaStream_t stream);
 
-// out: fp32 [2], zeroed by the caller. Without rht both entries get max|X|.
+// out: fp32 [2] (any contents: the launcher zeroes it on the stream first) = (max|X|, max|RHT(X^T)|) with
+// rht, (max|X|, max|X|) without; NaN propagates. An empty X gives (0, 0).
 cudaError_t launch_amax(int dtype, const void* x, int64_t m, int64_t n, bool rht, float* out, cudaStream_t stream);
 
 // out [nblocks * 16] (16-byte aligned) = e2m1(data) * float(scale) * *dec; data [nblocks * 8] bytes (4-byte

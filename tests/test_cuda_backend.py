@@ -264,6 +264,20 @@ def test_amax_matches_reference(kern, gen, shape, dtype, rht):
     assert_same_floats(got, want, f"amax {dtype} {shape} rht={rht}")
 
 
+@pytest.mark.parametrize("rht", [False, True])
+def test_amax_launcher_zeroes_its_output(kern, gen, rht):
+    # compute_amax hands the kernels an uninitialized buffer: the launcher itself must start it from 0 (a NaN or a
+    # huge value left there would win every atomicMax), also when X is empty
+    for shape in ((64, 128), (0, 128)):
+        x = make_input(shape, torch.bfloat16, gen) if shape[0] else torch.empty(shape, dtype=torch.bfloat16)
+        want = ref.compute_amax(x, rht=rht) if x.numel() else torch.zeros(2)
+        for junk in (float("nan"), 3e38):
+            out = torch.full((2,), junk, dtype=torch.float32, device="cuda")
+            kern._kernels().amax(x.cuda(), out, rht)
+            assert_same_floats(out, want, f"amax over {junk} {shape} rht={rht}")
+        assert_same_floats(kern.compute_amax(x.cuda(), rht=rht), want, f"compute_amax {shape} rht={rht}")
+
+
 def test_amax_then_cast_end_to_end(kern, gen):
     x = make_input((256, 512), torch.bfloat16, gen)
     for mode in ("both", "both_rht_sr", "both_2d"):

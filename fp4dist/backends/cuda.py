@@ -126,9 +126,8 @@ def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
     m, n = x2d.shape
     if rht and m % 16:
         raise ValueError(f"the RHT runs over 16-row chunks of X: m must be a multiple of 16, got {m}")
-    out = torch.zeros(2, dtype=torch.float32, device=x2d.device)
-    if x2d.numel():
-        _kernels().amax(_aligned(x2d), out, bool(rht))
+    out = torch.empty(2, dtype=torch.float32, device=x2d.device)  # zeroed by the kernels' launcher
+    _kernels().amax(_aligned(x2d), out, bool(rht))
     return out
 
 
