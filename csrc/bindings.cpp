@@ -38,9 +38,9 @@ void check_byte_tensor(const at::Tensor& t, const at::Tensor& like, int64_t rows
 
 uint8_t* byte_ptr(const at::Tensor& t) { return static_cast<uint8_t*>(t.data_ptr()); }
 
-void cast(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
-          const at::Tensor& cd, const at::Tensor& cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
-          int64_t key_row, int64_t key_col, int64_t row_offset) {
+void launch_cast_checked(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
+                         const at::Tensor& cd, const at::Tensor& cs, bool do_row, bool do_col, bool block_2d, bool rht,
+                         bool sr, const fp4dist_cuda::CastRng& rng) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D CUDA tensor");
   TORCH_CHECK(amax.is_cuda() && amax.device() == x.device() && amax.scalar_type() == at::kFloat &&
                   amax.is_contiguous() && amax.numel() == 2,
@@ -61,10 +61,39 @@ void cast(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, con
   check_cuda(fp4dist_cuda::launch_cast(dtype_code(x), x.data_ptr(), m, n, amax.data_ptr<float>(),
                                        do_row ? byte_ptr(rd) : nullptr, do_row ? byte_ptr(rs) : nullptr,
                                        do_col ? byte_ptr(cd) : nullptr, do_col ? byte_ptr(cs) : nullptr, do_row,
-                                       do_col, block_2d, rht, sr, static_cast<uint32_t>(key_row),
-                                       static_cast<uint32_t>(key_col), static_cast<uint32_t>(row_offset),
-                                       c10::cuda::getCurrentCUDAStream().stream()),
+                                       do_col, block_2d, rht, sr, rng, c10::cuda::getCurrentCUDAStream().stream()),
              "cast");
+}
+
+// SR keys computed on the host (fp4dist.rng.stream_key), passed as their 32 bits.
+void cast(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
+          const at::Tensor& cd, const at::Tensor& cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
+          int64_t key_row, int64_t key_col, int64_t row_offset) {
+  fp4dist_cuda::CastRng rng{};
+  rng.key_row = static_cast<uint32_t>(key_row);
+  rng.key_col = static_cast<uint32_t>(key_col);
+  rng.row_offset = static_cast<uint32_t>(row_offset);
+  launch_cast_checked(x, amax, rd, rs, cd, cs, do_row, do_col, block_2d, rht, sr, rng);
+}
+
+// SR keys computed on the device from seed (a uint64 passed as its int64 bits), the one-element int64 CUDA tensor
+// rng_offset (read by the kernels, never by the host) and the two streams.
+void cast_device_key(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
+                     const at::Tensor& cd, const at::Tensor& cs, bool do_row, bool do_col, bool block_2d, bool rht,
+                     bool sr, int64_t seed, const at::Tensor& rng_offset, int64_t stream_row, int64_t stream_col,
+                     int64_t row_offset) {
+  TORCH_CHECK(rng_offset.is_cuda() && rng_offset.device() == x.device() && rng_offset.scalar_type() == at::kLong &&
+                  rng_offset.numel() == 1,
+              "rng_offset must be a one-element int64 tensor on ", x.device());
+  TORCH_CHECK(stream_row >= 0 && stream_row <= UINT32_MAX && stream_col >= 0 && stream_col <= UINT32_MAX,
+              "SR streams must lie in [0, 2^32)");
+  fp4dist_cuda::CastRng rng{};
+  rng.seed = static_cast<uint64_t>(seed);
+  rng.rng_offset = rng_offset.data_ptr<int64_t>();
+  rng.stream_row = static_cast<uint32_t>(stream_row);
+  rng.stream_col = static_cast<uint32_t>(stream_col);
+  rng.row_offset = static_cast<uint32_t>(row_offset);
+  launch_cast_checked(x, amax, rd, rs, cd, cs, do_row, do_col, block_2d, rht, sr, rng);
 }
 
 void amax(const at::Tensor& x, const at::Tensor& out, bool rht) {
@@ -141,7 +170,8 @@ void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alph
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fp4dist NVFP4 CUDA kernels";
-  m.def("cast", &cast, "NVFP4 cast pass (rowwise and/or columnwise)");
+  m.def("cast", &cast, "NVFP4 cast pass (rowwise and/or columnwise), SR keys from the host");
+  m.def("cast_device_key", &cast_device_key, "NVFP4 cast pass, SR keys from (seed, device rng_offset, streams)");
   m.def("amax", &amax, "amax pass: out[0] = max|X|, out[1] = max|columnwise source|");
   m.def("dequantize", &dequantize, "NVFP4 dequantize of one layout");
   m.def("swap_first_dims", &swap_first_dims, "[a, b, row_bytes] -> [b, a, row_bytes]");

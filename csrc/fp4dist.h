@@ -10,14 +10,25 @@ struct cublasContext;  // cublasHandle_t is cublasContext*
 
 namespace fp4dist_cuda {
 
+// Stochastic rounding's random streams (fp4dist/rng.py). With rng_offset null: the keys key_row / key_col as
+// given (computed on the host); else each CTA computes key_row / key_col = stream_key(seed, *rng_offset,
+// stream_row / stream_col) itself (rng_offset: one int64 in device memory, its 64 bits taken as the offset).
+// Rows are counted from row_offset.
+struct CastRng {
+  uint32_t key_row, key_col;
+  uint64_t seed;
+  const int64_t* rng_offset;
+  uint32_t stream_row, stream_col;
+  uint32_t row_offset;
+};
+
 // NVFP4 cast of X [m, n] (row-major) into the requested layouts, with the global scales from amax [2]
 // (rowwise, columnwise). rd [m, n/2] / rs [m, n/16] rowwise codes / E4M3 scales; cd [n, m/2] / cs [n, m/16]
 // columnwise (of X^T, or of RHT(X^T) with rht); all 16-byte aligned; null where not requested.
-// sr: stochastic rounding with the stream keys key_row / key_col (fp4dist/rng.py) and rows counted from
-// row_offset.
+// sr: stochastic rounding with the streams of rng (unused without sr).
 cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,
                         uint8_t* cd, uint8_t* cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
-                        uint32_t key_row, uint32_t key_col, uint32_t row_offset, cudaStream_t stream);
+                        const CastRng& rng, cudaStream_t stream);
 
 // out: fp32 [2] (any contents: the launcher zeroes it on the stream first) = (max|X|, max|RHT(X^T)|) with
 // rht, (max|X|, max|X|) without; NaN propagates. An empty X gives (0, 0).

@@ -450,6 +450,45 @@ def test_sr_row_offset_matches_full_tensor(kern, gen):
     assert torch.equal(shard[2], full[2][:, 16:32])
 
 
+@pytest.mark.parametrize("shape,dtype", [((1040, 528), torch.bfloat16), ((528, 1040), torch.float16),
+                                         ((208, 400), torch.float32), ((1040, 532), torch.bfloat16)],
+                         ids=["wide_bf16", "wide_fp16", "tile_fp32", "tile_bf16_cols"])
+def test_sr_device_keys_match_host_keys(kern, gen, shape, dtype):
+    # rng_offset as a one-element int64 CUDA tensor: the kernels compute the stream keys themselves; the bits must
+    # be those of the host-key path (an int rng_offset) for random seeds and offsets, offsets >= 2^32 included
+    x = make_input(shape, dtype, gen).cuda()
+    r = torch.randint(0, 2**62, (8,), generator=gen).tolist()
+    cases = [(r[0] * 4 + 3, r[1] * 4 + 1), (r[2] * 4, r[3] % 2**32), (r[4], 2**32), (r[5] % 1000, 2**63 + r[6]),
+             (2**64 - 1, 2**64 - 1), (r[7], 0)]
+    modes = ["both_sr", "both_2d_sr", "both_rht_sr"] if shape[1] % 16 == 0 else ["col_rht_sr"]
+    for mode in modes:
+        kw = {k: v for k, v in MODES[mode].items() if k not in ("seed", "rng_offset", "sr")}
+        kw["stochastic_rounding"] = True
+        amax = kern.compute_amax(x, rht=kw.get("rht", False))
+        for seed, offset in cases:
+            want = kern.cast(x, amax, seed=seed, rng_offset=offset, **kw)
+            dev_offset = torch.tensor([offset - 2**64 if offset >= 2**63 else offset], dtype=torch.int64,
+                                      device=x.device)
+            got = kern.cast(x, amax, seed=seed, rng_offset=dev_offset, **kw)
+            for name, g, w in zip(NAMES, got, want):
+                if w is not None:
+                    assert_same_bits(g, w, f"{name} {mode} seed={seed} rng_offset={offset}")
+    # explicit streams, on both paths, against the keys of those streams
+    kw = dict(rowwise=True, columnwise=shape[1] % 16 == 0, block_2d=False, rht=False, stochastic_rounding=True,
+              row_offset=0)
+    if not kw["columnwise"]:
+        kw.update(rowwise=False, columnwise=True)
+    amax = kern.compute_amax(x, rht=False)
+    offset = torch.tensor([r[0]], dtype=torch.int64, device=x.device)
+    a = kern.cast(x, amax, seed=r[1], rng_offset=r[0], streams=(7, 2**32 - 1), **kw)
+    b = kern.cast(x, amax, seed=r[1], rng_offset=offset, streams=(7, 2**32 - 1), **kw)
+    c = kern.cast(x, amax, seed=r[1], rng_offset=r[0], **kw)
+    for i in (0, 2):
+        if a[i] is not None:
+            assert torch.equal(a[i], b[i])
+            assert not torch.equal(a[i], c[i])
+
+
 @pytest.mark.parametrize("layout", ["rowwise", "columnwise", "columnwise_rht"])
 def test_sr_unbiased(kern, layout):
     # E[dequantized] = clamp(v, -6, 6) * s * S_dec exactly. Over N fixed seeds each element's mean is within a

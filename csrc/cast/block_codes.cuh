@@ -12,6 +12,27 @@
 
 namespace fp4dist_cuda {
 
+// An SR kernel's parameters with their keys: p itself, or, when the keys come from the device offset
+// (keys.rng_offset), p with the keys computed from it (each CTA reads the offset once, in its prologue).
+__device__ __forceinline__ CastParams with_stream_keys(const CastParams& p, const SrKeySource<true>& keys) {
+  CastParams q = p;
+  if (keys.rng_offset != nullptr) {
+    const uint64_t offset = static_cast<uint64_t>(*keys.rng_offset);
+    q.key_row = stream_key(keys.seed, offset, keys.stream_row);
+    q.key_col = stream_key(keys.seed, offset, keys.stream_col);
+  }
+  return q;
+}
+// The key source a kernel instantiation takes (nothing for RN).
+template <bool SR>
+SrKeySource<SR> key_source(const SrKeySource<true>& keys) {
+  if constexpr (SR) {
+    return keys;
+  } else {
+    return {};
+  }
+}
+
 // A columnwise task holds columns ca, ca + 1 over 16 rows as 16 packed pairs raw[k] (row k); a rowwise block
 // holds 16 consecutive elements of one row as 8 packed pairs v. Codes: element i in nibble i (columnwise:
 // .x/.y column ca, .z/.w column ca + 1). grow: global row of the first element, before row_offset.

@@ -25,12 +25,26 @@ struct CastParams {
   uint32_t group_shift; // log2(group_rows) if a power of two, else 32
 };
 
+// Where the SR kernels take their keys from: with rng_offset set, each CTA replaces p.key_row / p.key_col by
+// stream_key(seed, *rng_offset, stream_row / stream_col) (with_stream_keys, block_codes.cuh). The RN kernels
+// get the empty SrKeySource<false>.
+template <bool SR>
+struct SrKeySource {};
+template <>
+struct SrKeySource<true> {
+  const int64_t* rng_offset;  // null: keep p.key_row / p.key_col
+  uint64_t seed;
+  uint32_t stream_row, stream_col;
+};
+
 // dtype: 0 bf16, 1 fp16, 2 fp32. p: everything but the fields each launcher sets itself (tile counts, the
-// vectorized-store flags, the tile order's shift).
+// vectorized-store flags, the tile order's shift); keys: used with sr.
 // The 128-row kernel: any dtype and alignment; p.group_rows tile rows per group of the tile order (0 or 1:
 // row-major).
-cudaError_t launch_cast_tile(int dtype, const CastParams& p, bool rht, bool sr, cudaStream_t stream);
+cudaError_t launch_cast_tile(int dtype, const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
+                             cudaStream_t stream);
 // The wide kernel: bf16 / fp16 (dtype 0 / 1) only, with p.vec_ok and m, n <= 2^31 - 1 - 512.
-cudaError_t launch_cast_wide(int dtype, const CastParams& p, bool rht, bool sr, cudaStream_t stream);
+cudaError_t launch_cast_wide(int dtype, const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
+                             cudaStream_t stream);
 
 }  // namespace fp4dist_cuda

@@ -121,7 +121,11 @@ template <bool SR>
 constexpr int cast_min_ctas() { return SR ? 2 : 3; }
 
 template <typename T, bool RHT, bool SR, int TM, int RB>
-__global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(const CastParams p) {
+__global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(const CastParams params,
+                                                                           const SrKeySource<SR> keys) {
+  CastParams keyed;  // SR: params with the keys of the key source (RN: params as they are, not copied)
+  if constexpr (SR) keyed = with_stream_keys(params, keys);
+  const CastParams& p = SR ? keyed : params;
   using S = TileShape<T, TM, RB>;
   using TT = Tr<T>;
   using P = typename TT::P;
@@ -275,7 +279,7 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
 namespace {
 
 template <typename T, bool RHT, bool SR, int TM, int RB>
-cudaError_t launch_cast_t(const CastParams& p0, cudaStream_t stream) {
+cudaError_t launch_cast_t(const CastParams& p0, const SrKeySource<true>& keys, cudaStream_t stream) {
   using S = TileShape<T, TM, RB>;
   CastParams p = p0;
   const int64_t tiles_x = (p.n + S::kTN - 1) / S::kTN, tiles_y = (p.m + S::kTM - 1) / S::kTM;
@@ -307,25 +311,26 @@ cudaError_t launch_cast_t(const CastParams& p0, cudaStream_t stream) {
   }
   int64_t grid = static_cast<int64_t>(sm_count()) * ctas_per_sm[dev];
   if (grid > num_tiles) grid = num_tiles;
-  kern<<<static_cast<unsigned>(grid), kThreads, S::kSmemBytes, stream>>>(p);
+  kern<<<static_cast<unsigned>(grid), kThreads, S::kSmemBytes, stream>>>(p, key_source<SR>(keys));
   return cudaGetLastError();
 }
 
 template <typename T, int TM, int RB>
-cudaError_t launch_cast_k(const CastParams& p, bool rht, bool sr, cudaStream_t stream) {
+cudaError_t launch_cast_k(const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr, cudaStream_t stream) {
   if (rht) {
-    return sr ? launch_cast_t<T, true, true, TM, RB>(p, stream) : launch_cast_t<T, true, false, TM, RB>(p, stream);
+    return sr ? launch_cast_t<T, true, true, TM, RB>(p, keys, stream) : launch_cast_t<T, true, false, TM, RB>(p, keys, stream);
   }
-  return sr ? launch_cast_t<T, false, true, TM, RB>(p, stream) : launch_cast_t<T, false, false, TM, RB>(p, stream);
+  return sr ? launch_cast_t<T, false, true, TM, RB>(p, keys, stream) : launch_cast_t<T, false, false, TM, RB>(p, keys, stream);
 }
 
 }  // namespace
 
-cudaError_t launch_cast_tile(int dtype, const CastParams& p, bool rht, bool sr, cudaStream_t stream) {
+cudaError_t launch_cast_tile(int dtype, const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
+                             cudaStream_t stream) {
   switch (dtype) {
-    case 0: return launch_cast_k<__nv_bfloat16, 128, 256>(p, rht, sr, stream);
-    case 1: return launch_cast_k<__half, 128, 256>(p, rht, sr, stream);
-    case 2: return launch_cast_k<float, 128, 256>(p, rht, sr, stream);
+    case 0: return launch_cast_k<__nv_bfloat16, 128, 256>(p, keys, rht, sr, stream);
+    case 1: return launch_cast_k<__half, 128, 256>(p, keys, rht, sr, stream);
+    case 2: return launch_cast_k<float, 128, 256>(p, keys, rht, sr, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -57,7 +57,11 @@ __device__ __forceinline__ void column_pair_sync(int j) {
 }
 
 template <typename T, bool RHT, bool SR, bool kBoth>
-__global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const CastParams p) {
+__global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const CastParams params,
+                                                                            const SrKeySource<SR> keys) {
+  CastParams keyed;  // SR: params with the keys of the key source (RN: params as they are, not copied)
+  if constexpr (SR) keyed = with_stream_keys(params, keys);
+  const CastParams& p = SR ? keyed : params;
   using namespace wide;
   using TT = Tr<T>;
   using P = typename TT::P;
@@ -322,7 +326,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
 namespace {
 
 template <typename T, bool RHT, bool SR, bool kBoth>
-cudaError_t launch_cast_wide_t(const CastParams& p0, cudaStream_t stream) {
+cudaError_t launch_cast_wide_t(const CastParams& p0, const SrKeySource<true>& keys, cudaStream_t stream) {
   CastParams p = p0;
   const int64_t units = ((p.n + wide::kCols - 1) / wide::kCols) * ((p.m + wide::kUnitRows - 1) / wide::kUnitRows);
   if (units == 0) return cudaSuccess;
@@ -341,31 +345,36 @@ cudaError_t launch_cast_wide_t(const CastParams& p0, cudaStream_t stream) {
     ready[dev] = true;
   }
   const int64_t grid = units < sm_count() ? units : sm_count();
-  kern<<<static_cast<unsigned>(grid), wide::kThreads, wide::kSmemBytes, stream>>>(p);
+  kern<<<static_cast<unsigned>(grid), wide::kThreads, wide::kSmemBytes, stream>>>(p, key_source<SR>(keys));
   return cudaGetLastError();
 }
 
 template <typename T, bool kBoth>
-cudaError_t launch_cast_wide_b(const CastParams& p, bool rht, bool sr, cudaStream_t stream) {
+cudaError_t launch_cast_wide_b(const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
+                               cudaStream_t stream) {
   if (rht) {
-    return sr ? launch_cast_wide_t<T, true, true, kBoth>(p, stream) : launch_cast_wide_t<T, true, false, kBoth>(p, stream);
+    return sr ? launch_cast_wide_t<T, true, true, kBoth>(p, keys, stream)
+              : launch_cast_wide_t<T, true, false, kBoth>(p, keys, stream);
   }
-  return sr ? launch_cast_wide_t<T, false, true, kBoth>(p, stream) : launch_cast_wide_t<T, false, false, kBoth>(p, stream);
+  return sr ? launch_cast_wide_t<T, false, true, kBoth>(p, keys, stream)
+            : launch_cast_wide_t<T, false, false, kBoth>(p, keys, stream);
 }
 
 // Casts to both layouts with 1x16 blocks take the kBoth path.
 template <typename T>
-cudaError_t launch_cast_wide_dtype(const CastParams& p, bool rht, bool sr, cudaStream_t stream) {
-  if (p.do_row && p.do_col && !p.block_2d) return launch_cast_wide_b<T, true>(p, rht, sr, stream);
-  return launch_cast_wide_b<T, false>(p, rht, sr, stream);
+cudaError_t launch_cast_wide_dtype(const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
+                                   cudaStream_t stream) {
+  if (p.do_row && p.do_col && !p.block_2d) return launch_cast_wide_b<T, true>(p, keys, rht, sr, stream);
+  return launch_cast_wide_b<T, false>(p, keys, rht, sr, stream);
 }
 
 }  // namespace
 
-cudaError_t launch_cast_wide(int dtype, const CastParams& p, bool rht, bool sr, cudaStream_t stream) {
+cudaError_t launch_cast_wide(int dtype, const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
+                             cudaStream_t stream) {
   switch (dtype) {
-    case 0: return launch_cast_wide_dtype<__nv_bfloat16>(p, rht, sr, stream);
-    case 1: return launch_cast_wide_dtype<__half>(p, rht, sr, stream);
+    case 0: return launch_cast_wide_dtype<__nv_bfloat16>(p, keys, rht, sr, stream);
+    case 1: return launch_cast_wide_dtype<__half>(p, keys, rht, sr, stream);
     default: return cudaErrorInvalidValue;
   }
 }

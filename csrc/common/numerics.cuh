@@ -88,6 +88,16 @@ FP4_HD uint32_t mix32(uint32_t x) {
   return x;
 }
 
+// fp4dist/rng.py's stream_key: the 32-bit key of one (seed, rng_offset, stream), seed and offset taken as
+// 64-bit values (hi, lo halves). Element (row, col) of a stream draws mix32(mix32(key ^ row) ^ col).
+FP4_HD uint32_t stream_key(uint64_t seed, uint64_t rng_offset, uint32_t stream) {
+  uint32_t k = mix32(stream ^ 0x9E3779B9u);
+  k = mix32(k ^ static_cast<uint32_t>(rng_offset >> 32));
+  k = mix32(k ^ static_cast<uint32_t>(rng_offset));
+  k = mix32(k ^ static_cast<uint32_t>(seed >> 32));
+  return k ^ static_cast<uint32_t>(seed);
+}
+
 // S_enc = 2688 / amax; FLT_MAX where that overflows (NaN stays NaN); 1 where it is 0.
 FP4_HD float global_encode_scale(float amax) {
   float s = 2688.0f / amax;

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import os
 import threading
 from pathlib import Path
@@ -36,7 +37,6 @@ _ext: ModuleType | None = None
 _build_failed = False
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_ROWWISE_STREAM, _COLUMNWISE_STREAM = 0, 1
 
 
 def _csrc_files() -> list[Path]:
@@ -142,10 +142,32 @@ def _out_or_new(t, shape, dtype, device, name):
     return t
 
 
+def _int64_bits(v: int) -> int:
+    """v mod 2^64 as the int64 with the same 64 bits."""
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _check_rng_offset(rng_offset, device: torch.device) -> None:
+    if isinstance(rng_offset, torch.Tensor):
+        if rng_offset.device != device or rng_offset.dtype != torch.int64 or rng_offset.numel() != 1:
+            raise ValueError(f"a tensor rng_offset must be one int64 element on {device}, got {rng_offset.dtype} "
+                             f"{tuple(rng_offset.shape)} on {rng_offset.device}")
+    elif not isinstance(rng_offset, numbers.Integral):
+        raise TypeError(f"rng_offset must be an int or a one-element int64 CUDA tensor, got {type(rng_offset)}")
+
+
 def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
-         rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int, row_offset: int, out=None):
+         rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int,
+         out=None, streams: tuple[int, int] | None = None):
     """Quantize X [m, n] into the requested layouts (see reference.cast); ``out`` may hold preallocated
-    (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv), None where not requested."""
+    (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv), None where not requested.
+
+    Stochastic rounding draws from (seed, rng_offset, stream) (fp4dist/rng.py), streams = (rowwise, columnwise)
+    defaulting to ``rng.layout_streams(block_2d)``. ``rng_offset`` is an int (the keys are computed here) or a
+    one-element int64 tensor on x2d's device, read by the kernels themselves (its 64 bits are the offset): the
+    host never waits for it.
+    """
     _check_x(x2d)
     m, n = x2d.shape
     if (rowwise or block_2d) and n % 16:
@@ -158,6 +180,10 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
         raise ValueError("stochastic rounding draws from 32-bit (row, col) positions: need "
                          f"0 <= row_offset and row_offset + m <= 2^32, got row_offset={row_offset}, m={m}")
     dev = x2d.device
+    _check_rng_offset(rng_offset, dev)
+    stream_row, stream_col = rng.layout_streams(block_2d) if streams is None else streams
+    if not all(isinstance(s, int) and 0 <= s < 2**32 for s in (stream_row, stream_col)):
+        raise ValueError(f"streams must be two ints in [0, 2^32), got {streams!r}")
     amax = amax.to(device=dev, dtype=torch.float32).reshape(-1).contiguous()
     if amax.numel() != 2:
         raise ValueError(f"amax must have 2 elements (rowwise, columnwise), got {amax.numel()}")
@@ -172,17 +198,21 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
     if columnwise:
         cd = _out_or_new(o[2], (n, m // 2), torch.uint8, dev, "columnwise_data")
         cs = _out_or_new(o[3], (n, m // 16), torch.float8_e4m3fn, dev, "columnwise_scale_inv")
-    key_row = key_col = 0
-    if stochastic_rounding:
-        key_row = rng.stream_key(seed, rng_offset, _ROWWISE_STREAM)
-        key_col = rng.stream_key(seed, rng_offset, _ROWWISE_STREAM if block_2d else _COLUMNWISE_STREAM)
     if x2d.numel():
         empty = torch.empty(0, dtype=torch.uint8, device=dev)
-        _kernels().cast(_aligned(x2d), amax,
-                        rd if rd is not None else empty, rs.view(torch.uint8) if rs is not None else empty,
-                        cd if cd is not None else empty, cs.view(torch.uint8) if cs is not None else empty,
-                        bool(rowwise), bool(columnwise), bool(block_2d), bool(rht), bool(stochastic_rounding),
-                        int(key_row), int(key_col), int(row_offset) & 0xFFFFFFFF)
+        args = (_aligned(x2d), amax,
+                rd if rd is not None else empty, rs.view(torch.uint8) if rs is not None else empty,
+                cd if cd is not None else empty, cs.view(torch.uint8) if cs is not None else empty,
+                bool(rowwise), bool(columnwise), bool(block_2d), bool(rht), bool(stochastic_rounding))
+        if stochastic_rounding and isinstance(rng_offset, torch.Tensor):
+            _kernels().cast_device_key(*args, _int64_bits(seed), rng_offset, stream_row, stream_col,
+                                       int(row_offset) & 0xFFFFFFFF)
+        else:
+            key_row = key_col = 0
+            if stochastic_rounding:
+                key_row = rng.stream_key(seed, rng_offset, stream_row)
+                key_col = rng.stream_key(seed, rng_offset, stream_col)
+            _kernels().cast(*args, key_row, key_col, int(row_offset) & 0xFFFFFFFF)
     return rd, rs, cd, cs
 
 
