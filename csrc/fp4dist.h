@@ -34,10 +34,30 @@ cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const fl
 // rht, (max|X|, max|X|) without; NaN propagates. An empty X gives (0, 0).
 cudaError_t launch_amax(int dtype, const void* x, int64_t m, int64_t n, bool rht, float* out, cudaStream_t stream);
 
-// out [nblocks * 16] (16-byte aligned) = e2m1(data) * float(scale) * *dec; data [nblocks * 8] bytes (4-byte
-// aligned), scale [nblocks] E4M3 bytes.
-cudaError_t launch_dequantize(int out_dtype, const uint8_t* data, const uint8_t* scale, const float* dec, void* out,
-                              int64_t nblocks, cudaStream_t stream);
+// One NVFP4 layout to decode: G slices of R rows of row_bytes code bytes (2 codes each, element 2i in the low
+// nibble) and row_bytes / 8 E4M3 scale bytes (one per 16 codes), both row-major inside a slice. Slice s starts at
+// data + s * data_stride (a multiple of 8 bytes; data 8-byte aligned) and scale + s * scale_stride. out: the
+// decoded [G * R, 2 * row_bytes] values, contiguous, 16-byte aligned.
+struct PackedOperand {
+  const uint8_t* data;
+  const uint8_t* scale;
+  int64_t slices, rows, row_bytes;  // G, R, row_bytes (a multiple of 8)
+  int64_t data_stride, scale_stride;
+  void* out;
+};
+
+// out = e2m1(code) * float(scale) * d, rounded once to out_dtype, d = *decode_scale, else S_dec(*amax) = 1 / S_enc
+// (computed in the kernel), else (both null) 1.
+cudaError_t launch_dequantize(int out_dtype, const PackedOperand& op, const float* decode_scale, const float* amax,
+                              cudaStream_t stream);
+
+// A GEMM's two operands in one launch, without their global scales: out_a = e2m1 * float(scale) * shift,
+// out_b = e2m1 * float(scale) (exact in bf16 / fp16 / fp32), and, by one thread, alpha_out[0] / shift_out[0] =
+// gemm_alpha(*amax_a, *amax_b) (common/numerics.cuh): alpha * shift = S_dec(a) * S_dec(b), shift = 1 unless that
+// product overflows fp32. The operands may differ in size (or be empty); both outputs are of out_dtype.
+cudaError_t launch_decode_operands(int out_dtype, const PackedOperand& a, const PackedOperand& b,
+                                   const float* amax_a, const float* amax_b, float* alpha_out, float* shift_out,
+                                   cudaStream_t stream);
 
 // [a, b, row_bytes] -> [b, a, row_bytes].
 cudaError_t launch_swap_first_dims(const void* in, void* out, int64_t a, int64_t b, int64_t row_bytes,

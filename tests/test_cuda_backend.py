@@ -395,6 +395,101 @@ def test_dequantize_special_decode_scales(kern, gen):
             assert_same_floats(got, want, f"dequantize dec={d} -> {out_dtype}")
 
 
+def random_layout(rows, row_bytes, gen):
+    """Random codes (every byte value) and E4M3 scale bytes (finite and NaN) of one NVFP4 layout, on the CPU."""
+    data = torch.randint(0, 256, (rows, row_bytes), generator=gen, dtype=torch.uint8)
+    scale = torch.randint(0, 256, (rows, row_bytes // 8), generator=gen, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    return data, scale
+
+
+def gathered(parts, gen, pad_bytes):
+    """The 2-D tensors `parts` (same shape [R, C], uint8) as a 3-D view [G, R, C] of one CUDA byte buffer, slice g at
+    g * (R * C + pad_bytes): rank-major slices with gaps, as a gathered buffer may hold them."""
+    g, (r, c) = len(parts), parts[0].shape
+    step = r * c + pad_bytes
+    buf = torch.randint(0, 256, (g * step,), generator=gen, dtype=torch.uint8).cuda()
+    for i, t in enumerate(parts):
+        buf[i * step:i * step + r * c] = t.view(torch.uint8).reshape(-1).cuda()
+    return buf.as_strided((g, r, c), (step, c, 1))
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_decode_operands_match_reference(kern, gen, out_dtype):
+    # two operands of different sizes in one launch, decoded without their global scales (decode scale 1), and alpha /
+    # shift on the device as format.gemm_alpha gives them, for random amaxes
+    one = torch.ones((), dtype=torch.float32)
+    for (ra, ka), (rb, kb) in (((64, 32), (48, 16)), ((1040, 264), (16, 8)), ((0, 8), (32, 24))):
+        a_data, a_scale = random_layout(ra, ka, gen)
+        b_data, b_scale = random_layout(rb, kb, gen)
+        amax = torch.exp(torch.randn(2, generator=gen) * 8).float()
+        a_op, b_op, alpha, shift = kern.decode_operands(a_data.cuda(), a_scale.cuda(), b_data.cuda(), b_scale.cuda(),
+                                                        amax[0].cuda(), amax[1].cuda(), out_dtype)
+        want_alpha, want_shift = fmt.gemm_alpha(amax[0], amax[1])
+        assert_same_floats(alpha, want_alpha, "alpha")
+        assert shift.item() == want_shift.item() == 1.0
+        assert_same_floats(a_op, ref.dequantize(a_data, a_scale, one, out_dtype), f"A {out_dtype}")
+        assert_same_floats(b_op, ref.dequantize(b_data, b_scale, one, out_dtype), f"B {out_dtype}")
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_decode_operands_alpha_overflow(kern, gen, out_dtype):
+    # amaxes near 1e38 each: S_dec(a) * S_dec(b) overflows fp32, so alpha takes 2^-110 and operand A 2^110 (exact)
+    a_data, a_scale = random_layout(32, 64, gen)
+    b_data, b_scale = random_layout(16, 64, gen)
+    a_scale.view(torch.uint8).clamp_(max=0x7E)  # finite scales: A's values times 2^110 stay finite
+    amax = (1e38 * (1 + torch.rand(2, generator=gen))).float()
+    a_op, b_op, alpha, shift = kern.decode_operands(a_data.cuda(), a_scale.cuda(), b_data.cuda(), b_scale.cuda(),
+                                                    amax[0].cuda(), amax[1].cuda(), out_dtype)
+    want_alpha, want_shift = fmt.gemm_alpha(amax[0], amax[1])
+    assert want_shift.item() == 2.0**110 and torch.isfinite(want_alpha)
+    assert_same_floats(alpha, want_alpha, "alpha")
+    assert_same_floats(shift, want_shift, "shift")
+    one = torch.ones((), dtype=torch.float32)
+    assert_same_floats(a_op, ref.dequantize(a_data, a_scale, want_shift, out_dtype), "A times the shift")
+    assert_same_floats(b_op, ref.dequantize(b_data, b_scale, one, out_dtype), "B")
+    assert torch.isfinite(a_op.float()).all()  # no decoded value of A overflows (at most 2688 * 2^110)
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_dequantize_amax_and_unit_decode(kern, gen, out_dtype):
+    # the decode scale computed in the kernel from amax (S_dec = 1 / S_enc), or 1 without either
+    data, scale = random_layout(80, 48, gen)
+    for a in (torch.exp(torch.randn((), generator=gen) * 10).float(), torch.tensor(0.0), torch.tensor(float("inf")),
+              torch.tensor(1e-44)):
+        got = kern.dequantize(data.cuda(), scale.cuda(), None, out_dtype, amax=a.cuda())
+        want = ref.dequantize(data, scale, fmt.global_decode_scale(a), out_dtype)
+        assert_same_floats(got, want, f"dequantize amax={a.item()} -> {out_dtype}")
+    got = kern.dequantize(data.cuda(), scale.cuda(), None, out_dtype)
+    assert_same_floats(got, ref.dequantize(data, scale, torch.ones(()), out_dtype), f"dequantize d=1 -> {out_dtype}")
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_decode_strided_slices(kern, gen, out_dtype):
+    # 3-D views [G, R, row_bytes] / [G, R, row_bytes / 8] with gaps between the slices (one gathered buffer),
+    # decoded as if they were contiguous [G * R, ...] copies: decode_operands and dequantize
+    # (the last but one: slices 8-byte misaligned, which the backend copies first)
+    for g, r, row_bytes, pad in ((4, 48, 32, 16), (2, 1040, 264, 4096), (3, 16, 8, 8), (2, 16, 8, 3), (1, 32, 16, 0)):
+        a_parts = [random_layout(r, row_bytes, gen) for _ in range(g)]
+        b_parts = [random_layout(r // 2 or 1, 2 * row_bytes, gen) for _ in range(g)]
+        a_data, a_scale = gathered([d for d, _ in a_parts], gen, pad), gathered([s for _, s in a_parts], gen, pad)
+        b_data, b_scale = gathered([d for d, _ in b_parts], gen, pad), gathered([s for _, s in b_parts], gen, pad)
+        a_scale, b_scale = a_scale.view(torch.float8_e4m3fn), b_scale.view(torch.float8_e4m3fn)
+        if g > 1 and pad:
+            assert not a_data.is_contiguous() and not a_scale.is_contiguous()
+        amax = torch.exp(torch.randn(2, generator=gen) * 8).float().cuda()
+        got = kern.decode_operands(a_data, a_scale, b_data, b_scale, amax[0], amax[1], out_dtype)
+        want = kern.decode_operands(a_data.contiguous().reshape(g * r, -1), a_scale.contiguous(),
+                                    b_data.contiguous().reshape(-1, 2 * row_bytes), b_scale.contiguous(),
+                                    amax[0], amax[1], out_dtype)
+        for name, x, y in zip(("A", "B", "alpha", "shift"), got, want):
+            assert_same_floats(x, y, f"decode_operands {name}, G={g} R={r} pad={pad}")
+        ref_a = ref.dequantize(torch.cat([d for d, _ in a_parts]), torch.cat([s for _, s in a_parts]),
+                               fmt.global_decode_scale(amax[0].cpu()), out_dtype)
+        for kw in (dict(decode_scale=fmt.global_decode_scale(amax[0])), dict(decode_scale=None, amax=amax[0])):
+            got = kern.dequantize(a_data, a_scale, out_dtype=out_dtype, **kw)
+            assert_same_floats(got, ref_a, f"dequantize {list(kw)}, G={g} R={r} pad={pad}")
+
+
 # ------------------------------------------------------------------------------------------------
 # swap_first_dims
 # ------------------------------------------------------------------------------------------------

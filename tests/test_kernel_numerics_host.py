@@ -9,7 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
+from fp4dist import format as fmt
 from fp4dist import rng
 
 NVCC = shutil.which("nvcc")
@@ -33,7 +35,7 @@ def probe(tmp_path_factory):
         done = subprocess.run([str(exe)], input="\n".join(queries) + "\n", capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        answers = done.stdout.split()
+        answers = done.stdout.splitlines()
         assert len(answers) == len(queries), (len(answers), len(queries))
         return answers
 
@@ -60,3 +62,30 @@ def test_device_stream_key_matches_rng_stream_key(probe, gen):
     got = probe([f"key {s} {o} {t}" for s, o, t in cases])
     for (s, o, t), g in zip(cases, got):
         assert int(g) == rng.stream_key(s, o, t), (s, o, t)
+
+
+@needs_nvcc
+def test_device_gemm_alpha_matches_format_gemm_alpha(probe, gen):
+    # the rule decode_operands applies on the device, bit for bit against format.gemm_alpha: random magnitudes over
+    # the whole fp32 range (normal and subnormal), pairs around the overflow of S_dec * S_dec, zeros, inf, NaN
+    specials = torch.tensor([0.0, 1e-45, 1e-40, 1.1754944e-38, 1.0, 2688.0, 3e38, fmt.FLT_MAX, float("inf"),
+                             float("nan")])
+    bits = torch.randint(0, 0x7F800000, (3000,), generator=gen, dtype=torch.int64).to(torch.int32)
+    rand = bits.view(torch.float32)
+    near = torch.exp(torch.rand(1000, generator=gen) * 20 + 70)  # ~2.5e30..1.2e39: products of S_dec around FLT_MAX
+    near = near.clamp(max=fmt.FLT_MAX).float()
+    a = torch.cat([specials.repeat_interleave(len(specials)), rand[:1500], near[:500], 1e38 * torch.ones(1)])
+    b = torch.cat([specials.repeat(len(specials)), rand[1500:], near[500:], 1e38 * torch.ones(1)])
+    alpha, shift = fmt.gemm_alpha(a, b)
+    got = probe([f"alpha {x} {y}" for x, y in zip(a.view(torch.int32).tolist(), b.view(torch.int32).tolist())])
+    want_alpha = (alpha.view(torch.int32).long() & 0xFFFFFFFF).tolist()
+    want_shift = (shift.view(torch.int32).long() & 0xFFFFFFFF).tolist()
+    for i, line in enumerate(got):
+        g_alpha, g_shift = (int(v) for v in line.split())
+        case = (a[i].item(), b[i].item(), line)
+        if torch.isnan(alpha[i]):
+            assert (g_alpha & 0x7FFFFFFF) > 0x7F800000, case  # any NaN
+        else:
+            assert g_alpha == want_alpha[i], case
+        assert g_shift == want_shift[i], case
+    assert bool((shift > 1).any()) and bool((shift == 1).any())  # both branches of the rule were taken

@@ -106,6 +106,26 @@ FP4_HD float global_encode_scale(float amax) {
   return s;
 }
 
+// S_dec = 1 / S_enc (IEEE division).
+FP4_HD float global_decode_scale(float amax) { return 1.0f / global_encode_scale(amax); }
+
+// The alpha a GEMM of two operands decoded without their global scales applies, as fp32 (format.gemm_alpha):
+// alpha = S_dec(amax_a) * S_dec(amax_b) (one rounding), shift = 1; where that product is +inf (S_dec <= FLT_MAX
+// / 2688 each, so only when both are large), alpha = (S_dec(amax_a) * 2^-110) * S_dec(amax_b) and shift = 2^110,
+// by which operand A's decoded values (at most 2688) are multiplied instead, exactly. A NaN amax gives a NaN alpha.
+struct GemmAlpha {
+  float alpha, shift;
+};
+FP4_HD GemmAlpha gemm_alpha(float amax_a, float amax_b) {
+  const float da = global_decode_scale(amax_a), db = global_decode_scale(amax_b);
+  GemmAlpha r{da * db, 1.0f};
+  if (r.alpha == INFINITY) {
+    r.alpha = (da * 0x1p-110f) * db;
+    r.shift = 0x1p110f;
+  }
+  return r;
+}
+
 FP4_HD float e4m3_to_float(uint8_t b) {
   __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3);
   return __half2float(__half(h));

@@ -216,30 +216,94 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
     return rd, rs, cd, cs
 
 
-def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor,
-               out_dtype: torch.dtype) -> torch.Tensor:
-    """[rows, 2 * data.shape[1]] in out_dtype: e2m1(code) * float(scale) * decode_scale (one rounding to out_dtype
-    after the fp32 products, as reference.dequantize)."""
+def _check_out_dtype(out_dtype: torch.dtype) -> None:
     if out_dtype not in _DTYPES:
         raise TypeError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
-    if data.dim() != 2 or data.dtype != torch.uint8:
-        raise ValueError(f"data must be a 2-D uint8 tensor, got {data.dtype} {tuple(data.shape)}")
-    rows, half = data.shape
-    if half % 8:
-        raise ValueError(f"data.shape[1] must be a multiple of 8 (16 codes per block), got {half}")
-    if scale_inv.numel() != rows * (half // 8) or scale_inv.element_size() != 1:
-        raise ValueError(f"scale_inv must hold {rows * (half // 8)} one-byte scales, got {scale_inv.dtype} "
-                         f"{tuple(scale_inv.shape)}")
+
+
+def _packed(data: torch.Tensor, scale_inv: torch.Tensor, what: str):
+    """(data, scale bytes, output rows, row bytes) of one NVFP4 layout as the kernels take it.
+
+    data: uint8 [R, row_bytes], or [G, R, row_bytes] whose slices are row-major but may lie anywhere (stride(0) a
+    multiple of 8 bytes); scale_inv: one-byte scales, [G, R, row_bytes / 8] with row-major slices, or any tensor of
+    that many elements. What the kernels can not read in place is copied (contiguous, 8-byte aligned).
+    """
+    if not isinstance(data, torch.Tensor) or data.device.type != "cuda":
+        raise ValueError(f"{what}: the CUDA backend needs CUDA tensors")
+    if data.dtype != torch.uint8 or data.dim() not in (2, 3):
+        raise ValueError(f"{what}: data must be a 2-D or 3-D uint8 tensor, got {data.dtype} {tuple(data.shape)}")
+    slices = data.shape[0] if data.dim() == 3 else 1
+    rows, row_bytes = data.shape[-2], data.shape[-1]
+    if row_bytes % 8:
+        raise ValueError(f"{what}: data.shape[-1] must be a multiple of 8 (16 codes per block), got {row_bytes}")
+    n_scales = slices * rows * (row_bytes // 8)
+    if scale_inv.numel() != n_scales or scale_inv.element_size() != 1 or scale_inv.device != data.device:
+        raise ValueError(f"{what}: scale_inv must hold {n_scales} one-byte scales on {data.device}, got "
+                         f"{scale_inv.dtype} {tuple(scale_inv.shape)} on {scale_inv.device}")
+
+    def rows_contiguous(t: torch.Tensor) -> bool:
+        return t.stride(-1) == 1 and (t.shape[-2] <= 1 or t.stride(-2) == t.shape[-1])
+
+    sliced = data.dim() == 3 and slices > 1
+    if not (rows_contiguous(data) and (not sliced or data.stride(0) % 8 == 0) and (sliced or data.is_contiguous())):
+        data = data.contiguous()
+    if data.data_ptr() % 8:
+        data = data.clone()
+    scale = scale_inv.view(torch.uint8)
+    if not (sliced and scale.dim() == 3 and tuple(scale.shape) == (slices, rows, row_bytes // 8)
+            and rows_contiguous(scale)):
+        scale = scale.contiguous()
+    return data, scale, slices * rows, row_bytes
+
+
+def _scalar_or_empty(t: torch.Tensor | None, device: torch.device, what: str) -> torch.Tensor:
+    if t is None:
+        return torch.empty(0, dtype=torch.float32, device=device)
+    if not isinstance(t, torch.Tensor) or t.numel() != 1:
+        raise ValueError(f"{what} must be a one-element tensor")
+    return t.to(device=device, dtype=torch.float32).reshape(1)
+
+
+def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
+               out_dtype: torch.dtype, *, amax: torch.Tensor | None = None) -> torch.Tensor:
+    """[G * R, 2 * row_bytes] in out_dtype: e2m1(code) * float(scale) * d (one rounding to out_dtype after the fp32
+    products, as reference.dequantize), d = decode_scale, or S_dec(amax) computed in the kernel (``decode_scale``
+    None), or 1 (both None). data [R, row_bytes] or [G, R, row_bytes] slices (see _packed)."""
+    _check_out_dtype(out_dtype)
+    if decode_scale is not None and amax is not None:
+        raise ValueError("dequantize takes decode_scale or amax, not both")
+    data, scale, out_rows, row_bytes = _packed(data, scale_inv, "dequantize")
     dev = data.device
-    out = torch.empty((rows, half * 2), dtype=out_dtype, device=dev)
-    if data.numel():
-        dec = decode_scale.to(device=dev, dtype=torch.float32).reshape(1).contiguous()
-        data_c = data.contiguous()
-        if data_c.data_ptr() % 8:
-            data_c = data_c.clone()
-        scale_c = scale_inv.contiguous().view(torch.uint8)
-        _kernels().dequantize(data_c, scale_c, dec, out)
+    out = torch.empty((out_rows, row_bytes * 2), dtype=out_dtype, device=dev)
+    if out.numel():
+        _kernels().dequantize(data, scale, _scalar_or_empty(decode_scale, dev, "decode_scale"),
+                              _scalar_or_empty(amax, dev, "amax"), out)
     return out
+
+
+def decode_operands(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor, b_scale: torch.Tensor,
+                    amax_a: torch.Tensor, amax_b: torch.Tensor, out_dtype: torch.dtype):
+    """A GEMM's two operands decoded in one launch, without their global scales: (a_op, b_op, alpha, shift).
+
+    a_op = e2m1 * float(scale) * shift, b_op = e2m1 * float(scale), both [G * R, 2 * row_bytes] in out_dtype (exact
+    in bf16, fp16 and fp32: a power-of-two shift; with fp16 a shift of 2^110 overflows, which takes
+    amax_a * amax_b > ~2.4e45, beyond any fp16 input); (alpha, shift) = format.gemm_alpha(amax_a, amax_b) as fp32
+    0-dim tensors, computed on the device, so alpha * a_op @ b_op^T is the product of the two decoded layouts.
+    Operands as in dequantize (2-D, or 3-D slices).
+    """
+    _check_out_dtype(out_dtype)
+    a_data, a_scale, a_rows, a_bytes = _packed(a_data, a_scale, "decode_operands: operand A")
+    b_data, b_scale, b_rows, b_bytes = _packed(b_data, b_scale, "decode_operands: operand B")
+    dev = a_data.device
+    if b_data.device != dev:
+        raise ValueError(f"decode_operands: the operands are on {dev} and {b_data.device}")
+    a_op = torch.empty((a_rows, a_bytes * 2), dtype=out_dtype, device=dev)
+    b_op = torch.empty((b_rows, b_bytes * 2), dtype=out_dtype, device=dev)
+    alpha_shift = torch.empty(2, dtype=torch.float32, device=dev)
+    _kernels().decode_operands(a_data, a_scale, a_op, b_data, b_scale, b_op,
+                               _scalar_or_empty(amax_a, dev, "amax_a"), _scalar_or_empty(amax_b, dev, "amax_b"),
+                               alpha_shift[0:1], alpha_shift[1:2])
+    return a_op, b_op, alpha_shift[0], alpha_shift[1]
 
 
 def swap_first_dims(t: torch.Tensor) -> torch.Tensor:
