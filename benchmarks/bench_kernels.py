@@ -51,7 +51,7 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     """GB/s (read + write) of dst.copy_(src) on nbytes-byte uint8 buffers."""
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 255)
     dst = torch.empty_like(src)
-    t = bench(lambda: dst.copy_(src))
+    t = bench(functools.partial(dst.copy_, src))
     del src, dst
     return 2 * nbytes / (t * 1e-6) / 1e9
 
@@ -85,7 +85,7 @@ def try_compile(make, *args):
         torch._dynamo.reset()
 
 
-def run(sizes, compile_baseline: bool, variants=()):
+def run(sizes, compile_baseline: bool):
     from fp4dist.backends import cuda as K
 
     assert K.available(), "fp4dist CUDA kernels unavailable"
@@ -133,15 +133,6 @@ def run(sizes, compile_baseline: bool, variants=()):
                     tc2, note2 = try_compile(
                         lambda: (lambda x: ref.cast(x, ref.compute_amax(x, rht=False), **cast_kwargs())), x)
                 add("amax+cast 1D", shape, cast_nbytes, t2, tc2, note2)
-
-        default_variant = K._CAST_VARIANT
-        for v in variants:  # other tile shapes of the cast kernel (16-bit inputs), for comparison
-            K._CAST_VARIANT = v
-            for name, kw, a in (("cast 1D", cast_kwargs(), amax), ("cast RHT", cast_kwargs(rht=True), amax_rht),
-                                ("cast 2D", cast_kwargs(block_2d=True), amax)):
-                add(f"{name} [tiles v{v}]", shape, cast_nbytes, bench(functools.partial(K.cast, x, a, **kw)),
-                    None, "(variant timing)")
-        K._CAST_VARIANT = default_variant
 
         t = bench(functools.partial(K.compute_amax, x, rht=False))
         add("amax", shape, in_bytes, t, None, "(amax pass alone)")
@@ -191,12 +182,10 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384])
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     ap.add_argument("--out", type=str, default=None, help="also write the table as markdown here")
-    ap.add_argument("--cast-variants", type=int, nargs="*", default=[],
-                    help="also time these tile variants of the cast kernel (FP4DIST_CAST_VARIANT values)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
-    props, copy_gbs, rows = run(args.sizes, not args.no_compile, args.cast_variants)
+    props, copy_gbs, rows = run(args.sizes, not args.no_compile)
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     md = table(props, copy_gbs, rows, cmd)
     print()

@@ -10,6 +10,7 @@ step down by kernel (torch.profiler): NVFP4 quantize/dequantize kernels, GEMMs, 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import statistics
 import time
@@ -87,12 +88,12 @@ def main() -> None:
     rows = {}
     for name, recipe in (("bf16", HighPrecisionRecipe()), ("nvfp4", NVFP4Recipe(backend=args.backend))):
         up, down = build(recipe, args.hidden, args.ffn, device)
-        fn = lambda: step(up, down, x, dy)
+        fn = functools.partial(step, up, down, x, dy)
         ms = median_ms(fn, device)
         rows[name] = {"ms": ms, "tflops": flops / ms / 1e9}
         if device.type == "cuda":
             rows[name].update(breakdown_ms(fn))
-        del up, down
+        del up, down, fn
     lines = [f"MLP block fwd+bwd, tokens {args.tokens}, hidden {args.hidden}, ffn {args.ffn}, {device} "
              f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'})", "",
              "| recipe | step ms | TFLOP/s (GEMM flops) | quantize ms | GEMM ms | other ms |", "|---|---|---|---|---|---|"]

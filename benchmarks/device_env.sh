@@ -1,12 +1,14 @@
-# Sourced (not run) by the device scripts (device_suite.sh, h100_train.sh, nccl_suite.sh), from the repository
-# root: $OUT (default ./device_out) created, unbuffered Python, the kernel build cache, and the wheels for
-# packages the GPU image lacks (hydra-core, omegaconf, antlr4, pytest) installed from .whl/ when present (see
-# docs/benchmarks.md for how they were fetched). fp4dist is imported from the checkout.
-OUT="${OUT:-device_out}"; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 FP4DIST_BUILD_DIR="${FP4DIST_BUILD_DIR:-/tmp/fp4dist_build}"
+# Sourced (not run) by the GPU scripts (device_suite.sh, h100_train.sh, nccl_suite.sh) from the repository root,
+# after they set OUT_DIR from their first argument: creates OUT_DIR, makes Python unbuffered, sets the kernel
+# build cache, and imports fp4dist from this checkout. If ./.whl holds wheels (e.g. hydra-core, omegaconf,
+# antlr4-python3-runtime, pytest for a machine that lacks them), they are installed into a temp site dir that
+# goes first on PYTHONPATH.
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1 FP4DIST_BUILD_DIR="${FP4DIST_BUILD_DIR:-${TMPDIR:-/tmp}/fp4dist_build}"
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PWD"
+    site="${TMPDIR:-/tmp}/fp4dist-site"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+    export PYTHONPATH="$site:$PWD"
 else
     export PYTHONPATH="$PWD"
 fi

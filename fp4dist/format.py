@@ -114,3 +114,19 @@ def block_encode_scale(scale: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor
     """e = min(1 / fp32(float(s) * S_dec), FLT_MAX), fp32, shaped like ``scale``."""
     e = 1.0 / (scale.float() * s_dec)
     return torch.where(e > FLT_MAX, FLT_MAX, e)
+
+
+def gemm_alpha(amax_a: torch.Tensor, amax_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, shift), fp32, for a GEMM of two operands decoded without their global scales.
+
+    alpha = S_dec(amax_a) * S_dec(amax_b) (one fp32 rounding) and shift = 1, except where that product
+    overflows to +inf (both S_dec large: each is at most FLT_MAX / 2688): there alpha = (S_dec(amax_a) * 2^-110)
+    * S_dec(amax_b) and shift = 2^110, by which operand A's decoded values (at most 2688) are multiplied, exactly,
+    so that alpha * (shift * A) @ B is the product with a finite alpha. A NaN amax gives a NaN alpha (shift 1).
+    """
+    da, db = global_decode_scale(amax_a), global_decode_scale(amax_b)
+    alpha = da * db
+    over = alpha == float("inf")
+    alpha = torch.where(over, (da * 2.0**-110) * db, alpha)
+    shift = torch.where(over, torch.full_like(alpha, 2.0**110), torch.ones_like(alpha))
+    return alpha, shift

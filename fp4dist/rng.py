@@ -59,6 +59,12 @@ def stream_key(seed: int, rng_offset: int, stream: int) -> int:
     return k ^ (seed & MASK32)
 
 
+def layout_streams(block_2d: bool) -> tuple[int, int]:
+    """The streams (rowwise, columnwise) a cast draws from: (0, 1), or (0, 0) with 16x16 tiles, so that the
+    two layouts of a 2D-tile tensor stay exact transposes."""
+    return (0, 0) if block_2d else (0, 1)
+
+
 def random_bits(key: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Uniform 32-bit words (int64) for every (row, col) pair of the broadcast of ``rows`` and ``cols``."""
     return mix32(mix32(rows.long() ^ key) ^ cols.long())

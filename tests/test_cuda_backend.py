@@ -147,6 +147,7 @@ MODES = {
     "row_sr_off": dict(rowwise=True, columnwise=False, sr=True, seed=2**40 + 5, rng_offset=2**33 + 1,
                        row_offset=4096),
     "both_rht_sr": dict(rowwise=True, columnwise=True, rht=True, sr=True, seed=99, rng_offset=3, row_offset=48),
+    "col_rht_sr": dict(rowwise=False, columnwise=True, rht=True, sr=True, seed=2**63 + 9, rng_offset=5, row_offset=16),
     "both_2d_sr": dict(rowwise=True, columnwise=True, block_2d=True, sr=True, seed=5, rng_offset=0,
                        row_offset=123456),
     # not a combination the quantizer asks for; the kernels support it (rowwise tiles of X, columnwise of RHT(X))
@@ -199,14 +200,16 @@ def test_cast_odd_shapes(kern, gen, shape, mode, dtype):
     check_cast(kern, make_input(shape, dtype, gen), **MODES[mode])
 
 
-@pytest.mark.parametrize("variant", [82, 2, 1, 3, 7, 17])
-@pytest.mark.parametrize("mode", ["both", "both_2d", "both_rht_sr"])
-def test_cast_kernel_variants(kern, gen, monkeypatch, variant, mode):
-    # every cast kernel the variant switch can select (7: the wide kernel, the default;
-    # the others: the 128-row kernel's tile shapes, which fp32 and unaligned 16-bit inputs take)
-    monkeypatch.setattr(kern, "_CAST_VARIANT", variant)
+@pytest.mark.parametrize("shape,mode", [
+    # 16-bit rows of a multiple of 16 bytes: the wide kernel (both-layouts path, 16x16 path, single-layout path)
+    ((1040, 528), "both"), ((1040, 528), "both_2d"), ((1040, 528), "both_rht_sr"), ((1040, 536), "col_rht"),
+    # columnwise-only casts with n % 8 != 0 (rows not a multiple of 16 bytes): the 128-row kernel's element loads
+    ((1040, 532), "col"), ((1040, 532), "col_rht"), ((1040, 532), "col_rht_sr"),
+], ids=lambda v: v if isinstance(v, str) else "x".join(map(str, v)))
+def test_cast_kernel_dispatch(kern, gen, shape, mode):
+    # both cast kernels that 16-bit inputs can be dispatched to (fp32 inputs always take the 128-row kernel)
     for dtype in (torch.bfloat16, torch.float16):
-        check_cast(kern, make_input((1040, 528), dtype, gen), **MODES[mode])
+        check_cast(kern, make_input(shape, dtype, gen), **MODES[mode])
 
 
 @pytest.mark.parametrize("mode", ["both_2d", "both_2d_sr"])
@@ -259,6 +262,20 @@ def test_amax_matches_reference(kern, gen, shape, dtype, rht):
     want = ref.compute_amax(x, rht=rht)
     got = kern.compute_amax(x.cuda(), rht=rht)
     assert_same_floats(got, want, f"amax {dtype} {shape} rht={rht}")
+
+
+@pytest.mark.parametrize("rht", [False, True])
+def test_amax_launcher_zeroes_its_output(kern, gen, rht):
+    # compute_amax hands the kernels an uninitialized buffer: the launcher itself must start it from 0 (a NaN or a
+    # huge value left there would win every atomicMax), also when X is empty
+    for shape in ((64, 128), (0, 128)):
+        x = make_input(shape, torch.bfloat16, gen) if shape[0] else torch.empty(shape, dtype=torch.bfloat16)
+        want = ref.compute_amax(x, rht=rht) if x.numel() else torch.zeros(2)
+        for junk in (float("nan"), 3e38):
+            out = torch.full((2,), junk, dtype=torch.float32, device="cuda")
+            kern._kernels().amax(x.cuda(), out, rht)
+            assert_same_floats(out, want, f"amax over {junk} {shape} rht={rht}")
+        assert_same_floats(kern.compute_amax(x.cuda(), rht=rht), want, f"compute_amax {shape} rht={rht}")
 
 
 def test_amax_then_cast_end_to_end(kern, gen):
@@ -378,6 +395,101 @@ def test_dequantize_special_decode_scales(kern, gen):
             assert_same_floats(got, want, f"dequantize dec={d} -> {out_dtype}")
 
 
+def random_layout(rows, row_bytes, gen):
+    """Random codes (every byte value) and E4M3 scale bytes (finite and NaN) of one NVFP4 layout, on the CPU."""
+    data = torch.randint(0, 256, (rows, row_bytes), generator=gen, dtype=torch.uint8)
+    scale = torch.randint(0, 256, (rows, row_bytes // 8), generator=gen, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    return data, scale
+
+
+def gathered(parts, gen, pad_bytes):
+    """The 2-D tensors `parts` (same shape [R, C], uint8) as a 3-D view [G, R, C] of one CUDA byte buffer, slice g at
+    g * (R * C + pad_bytes): rank-major slices with gaps, as a gathered buffer may hold them."""
+    g, (r, c) = len(parts), parts[0].shape
+    step = r * c + pad_bytes
+    buf = torch.randint(0, 256, (g * step,), generator=gen, dtype=torch.uint8).cuda()
+    for i, t in enumerate(parts):
+        buf[i * step:i * step + r * c] = t.view(torch.uint8).reshape(-1).cuda()
+    return buf.as_strided((g, r, c), (step, c, 1))
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_decode_operands_match_reference(kern, gen, out_dtype):
+    # two operands of different sizes in one launch, decoded without their global scales (decode scale 1), and alpha /
+    # shift on the device as format.gemm_alpha gives them, for random amaxes
+    one = torch.ones((), dtype=torch.float32)
+    for (ra, ka), (rb, kb) in (((64, 32), (48, 16)), ((1040, 264), (16, 8)), ((0, 8), (32, 24))):
+        a_data, a_scale = random_layout(ra, ka, gen)
+        b_data, b_scale = random_layout(rb, kb, gen)
+        amax = torch.exp(torch.randn(2, generator=gen) * 8).float()
+        a_op, b_op, alpha, shift = kern.decode_operands(a_data.cuda(), a_scale.cuda(), b_data.cuda(), b_scale.cuda(),
+                                                        amax[0].cuda(), amax[1].cuda(), out_dtype)
+        want_alpha, want_shift = fmt.gemm_alpha(amax[0], amax[1])
+        assert_same_floats(alpha, want_alpha, "alpha")
+        assert shift.item() == want_shift.item() == 1.0
+        assert_same_floats(a_op, ref.dequantize(a_data, a_scale, one, out_dtype), f"A {out_dtype}")
+        assert_same_floats(b_op, ref.dequantize(b_data, b_scale, one, out_dtype), f"B {out_dtype}")
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_decode_operands_alpha_overflow(kern, gen, out_dtype):
+    # amaxes near 1e38 each: S_dec(a) * S_dec(b) overflows fp32, so alpha takes 2^-110 and operand A 2^110 (exact)
+    a_data, a_scale = random_layout(32, 64, gen)
+    b_data, b_scale = random_layout(16, 64, gen)
+    a_scale.view(torch.uint8).clamp_(max=0x7E)  # finite scales: A's values times 2^110 stay finite
+    amax = (1e38 * (1 + torch.rand(2, generator=gen))).float()
+    a_op, b_op, alpha, shift = kern.decode_operands(a_data.cuda(), a_scale.cuda(), b_data.cuda(), b_scale.cuda(),
+                                                    amax[0].cuda(), amax[1].cuda(), out_dtype)
+    want_alpha, want_shift = fmt.gemm_alpha(amax[0], amax[1])
+    assert want_shift.item() == 2.0**110 and torch.isfinite(want_alpha)
+    assert_same_floats(alpha, want_alpha, "alpha")
+    assert_same_floats(shift, want_shift, "shift")
+    one = torch.ones((), dtype=torch.float32)
+    assert_same_floats(a_op, ref.dequantize(a_data, a_scale, want_shift, out_dtype), "A times the shift")
+    assert_same_floats(b_op, ref.dequantize(b_data, b_scale, one, out_dtype), "B")
+    assert torch.isfinite(a_op.float()).all()  # no decoded value of A overflows (at most 2688 * 2^110)
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_dequantize_amax_and_unit_decode(kern, gen, out_dtype):
+    # the decode scale computed in the kernel from amax (S_dec = 1 / S_enc), or 1 without either
+    data, scale = random_layout(80, 48, gen)
+    for a in (torch.exp(torch.randn((), generator=gen) * 10).float(), torch.tensor(0.0), torch.tensor(float("inf")),
+              torch.tensor(1e-44)):
+        got = kern.dequantize(data.cuda(), scale.cuda(), None, out_dtype, amax=a.cuda())
+        want = ref.dequantize(data, scale, fmt.global_decode_scale(a), out_dtype)
+        assert_same_floats(got, want, f"dequantize amax={a.item()} -> {out_dtype}")
+    got = kern.dequantize(data.cuda(), scale.cuda(), None, out_dtype)
+    assert_same_floats(got, ref.dequantize(data, scale, torch.ones(()), out_dtype), f"dequantize d=1 -> {out_dtype}")
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_decode_strided_slices(kern, gen, out_dtype):
+    # 3-D views [G, R, row_bytes] / [G, R, row_bytes / 8] with gaps between the slices (one gathered buffer),
+    # decoded as if they were contiguous [G * R, ...] copies: decode_operands and dequantize
+    # (the last but one: slices 8-byte misaligned, which the backend copies first)
+    for g, r, row_bytes, pad in ((4, 48, 32, 16), (2, 1040, 264, 4096), (3, 16, 8, 8), (2, 16, 8, 3), (1, 32, 16, 0)):
+        a_parts = [random_layout(r, row_bytes, gen) for _ in range(g)]
+        b_parts = [random_layout(r // 2 or 1, 2 * row_bytes, gen) for _ in range(g)]
+        a_data, a_scale = gathered([d for d, _ in a_parts], gen, pad), gathered([s for _, s in a_parts], gen, pad)
+        b_data, b_scale = gathered([d for d, _ in b_parts], gen, pad), gathered([s for _, s in b_parts], gen, pad)
+        a_scale, b_scale = a_scale.view(torch.float8_e4m3fn), b_scale.view(torch.float8_e4m3fn)
+        if g > 1 and pad:
+            assert not a_data.is_contiguous() and not a_scale.is_contiguous()
+        amax = torch.exp(torch.randn(2, generator=gen) * 8).float().cuda()
+        got = kern.decode_operands(a_data, a_scale, b_data, b_scale, amax[0], amax[1], out_dtype)
+        want = kern.decode_operands(a_data.contiguous().reshape(g * r, -1), a_scale.contiguous(),
+                                    b_data.contiguous().reshape(-1, 2 * row_bytes), b_scale.contiguous(),
+                                    amax[0], amax[1], out_dtype)
+        for name, x, y in zip(("A", "B", "alpha", "shift"), got, want):
+            assert_same_floats(x, y, f"decode_operands {name}, G={g} R={r} pad={pad}")
+        ref_a = ref.dequantize(torch.cat([d for d, _ in a_parts]), torch.cat([s for _, s in a_parts]),
+                               fmt.global_decode_scale(amax[0].cpu()), out_dtype)
+        for kw in (dict(decode_scale=fmt.global_decode_scale(amax[0])), dict(decode_scale=None, amax=amax[0])):
+            got = kern.dequantize(a_data, a_scale, out_dtype=out_dtype, **kw)
+            assert_same_floats(got, ref_a, f"dequantize {list(kw)}, G={g} R={r} pad={pad}")
+
+
 # ------------------------------------------------------------------------------------------------
 # swap_first_dims
 # ------------------------------------------------------------------------------------------------
@@ -431,6 +543,45 @@ def test_sr_row_offset_matches_full_tensor(kern, gen):
     shard = kern.cast(x[32:64], amax, row_offset=32, **kw)
     assert torch.equal(shard[0], full[0][32:64])
     assert torch.equal(shard[2], full[2][:, 16:32])
+
+
+@pytest.mark.parametrize("shape,dtype", [((1040, 528), torch.bfloat16), ((528, 1040), torch.float16),
+                                         ((208, 400), torch.float32), ((1040, 532), torch.bfloat16)],
+                         ids=["wide_bf16", "wide_fp16", "tile_fp32", "tile_bf16_cols"])
+def test_sr_device_keys_match_host_keys(kern, gen, shape, dtype):
+    # rng_offset as a one-element int64 CUDA tensor: the kernels compute the stream keys themselves; the bits must
+    # be those of the host-key path (an int rng_offset) for random seeds and offsets, offsets >= 2^32 included
+    x = make_input(shape, dtype, gen).cuda()
+    r = torch.randint(0, 2**62, (8,), generator=gen).tolist()
+    cases = [(r[0] * 4 + 3, r[1] * 4 + 1), (r[2] * 4, r[3] % 2**32), (r[4], 2**32), (r[5] % 1000, 2**63 + r[6]),
+             (2**64 - 1, 2**64 - 1), (r[7], 0)]
+    modes = ["both_sr", "both_2d_sr", "both_rht_sr"] if shape[1] % 16 == 0 else ["col_rht_sr"]
+    for mode in modes:
+        kw = {k: v for k, v in MODES[mode].items() if k not in ("seed", "rng_offset", "sr")}
+        kw["stochastic_rounding"] = True
+        amax = kern.compute_amax(x, rht=kw.get("rht", False))
+        for seed, offset in cases:
+            want = kern.cast(x, amax, seed=seed, rng_offset=offset, **kw)
+            dev_offset = torch.tensor([offset - 2**64 if offset >= 2**63 else offset], dtype=torch.int64,
+                                      device=x.device)
+            got = kern.cast(x, amax, seed=seed, rng_offset=dev_offset, **kw)
+            for name, g, w in zip(NAMES, got, want):
+                if w is not None:
+                    assert_same_bits(g, w, f"{name} {mode} seed={seed} rng_offset={offset}")
+    # explicit streams, on both paths, against the keys of those streams
+    kw = dict(rowwise=True, columnwise=shape[1] % 16 == 0, block_2d=False, rht=False, stochastic_rounding=True,
+              row_offset=0)
+    if not kw["columnwise"]:
+        kw.update(rowwise=False, columnwise=True)
+    amax = kern.compute_amax(x, rht=False)
+    offset = torch.tensor([r[0]], dtype=torch.int64, device=x.device)
+    a = kern.cast(x, amax, seed=r[1], rng_offset=r[0], streams=(7, 2**32 - 1), **kw)
+    b = kern.cast(x, amax, seed=r[1], rng_offset=offset, streams=(7, 2**32 - 1), **kw)
+    c = kern.cast(x, amax, seed=r[1], rng_offset=r[0], **kw)
+    for i in (0, 2):
+        if a[i] is not None:
+            assert torch.equal(a[i], b[i])
+            assert not torch.equal(a[i], c[i])
 
 
 @pytest.mark.parametrize("layout", ["rowwise", "columnwise", "columnwise_rht"])

@@ -166,3 +166,33 @@ def test_infinity_saturates():
     # amax = inf -> S_enc = 2688/inf = 0 -> 1 (spec step 2).
     assert fmt.global_encode_scale(t.amax_rowwise).item() == 1.0
     assert codes_of(t)[0, 0].item() == 7
+
+
+def test_gemm_alpha_is_the_product_of_the_decode_scales(gen):
+    # amaxes whose S_dec product is finite (each below ~4.9e22; e^(10 z) stays below that for |z| < 5.2): alpha is
+    # S_dec(a) * S_dec(b), bit for bit, from subnormal products up
+    a = torch.exp(torch.randn(4096, generator=gen).clamp(-5, 5) * 10).float()
+    b = torch.exp(torch.randn(4096, generator=gen).clamp(-5, 5) * 10).float()
+    a[:3], b[:3] = torch.tensor([0.0, float("inf"), 1e-45]), torch.tensor([5.0, 0.0, float("inf")])
+    alpha, shift = fmt.gemm_alpha(a, b)
+    want = fmt.global_decode_scale(a) * fmt.global_decode_scale(b)
+    assert torch.isfinite(want).all()
+    assert torch.equal(alpha.view(torch.int32), want.view(torch.int32))
+    assert torch.equal(shift, torch.ones_like(shift))
+    nan_alpha, nan_shift = fmt.gemm_alpha(torch.tensor(float("nan")), torch.tensor(1.0))
+    assert torch.isnan(nan_alpha) and nan_shift.item() == 1.0
+
+
+def test_gemm_alpha_overflow_takes_the_shift(gen):
+    # both amaxes near 1e38: S_dec * S_dec overflows fp32; alpha stays finite and alpha * shift is the exact product
+    # of the two decode scales within one fp32 rounding (relative 2^-24)
+    a = (1e38 * (1 + torch.rand(1024, generator=gen) * 2)).float()
+    b = (1e38 * (1 + torch.rand(1024, generator=gen) * 2)).float().clamp(max=fmt.FLT_MAX)
+    a[0], b[0] = fmt.FLT_MAX, fmt.FLT_MAX
+    alpha, shift = fmt.gemm_alpha(a, b)
+    assert alpha.dtype == shift.dtype == torch.float32
+    assert torch.isfinite(alpha).all() and (shift == 2.0**110).all()
+    exact = fmt.global_decode_scale(a).double() * fmt.global_decode_scale(b).double()
+    assert torch.isinf(fmt.global_decode_scale(a) * fmt.global_decode_scale(b)).all()
+    rel = ((alpha.double() * shift.double() - exact) / exact).abs()
+    assert (rel <= 2.0**-24).all(), rel.max().item()

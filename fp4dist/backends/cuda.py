@@ -1,18 +1,20 @@
-"""The CUDA backend: fp4dist's NVFP4 kernels (csrc/nvfp4_kernels.cu), JIT-built on first use.
+"""The CUDA backend: fp4dist's NVFP4 kernels and cuBLAS device-alpha GEMM (csrc/), JIT-built on first use.
 
 Same interface and the same bits as :mod:`fp4dist.backends.reference` (see ``backends/__init__.py``).
 Nothing here synchronizes with the host: amax, S_enc/S_dec and the decode scale stay on the device.
 
 ``available()`` is False, silently, without a CUDA device or with ``FP4DIST_DISABLE_CUDA=1``.
-Otherwise the first call builds the extension with ``torch.utils.cpp_extension.load`` (ninja) into
-``$FP4DIST_BUILD_DIR`` (default ``~/.cache/fp4dist/build-<torch version>-<source hash>``) for sm_90;
-if that fails it logs one warning line on the ``fp4dist`` logger and returns False.
+Otherwise the first call builds the one extension (every .cu / .cpp under csrc/, linked with cuBLAS) with
+``torch.utils.cpp_extension.load`` (ninja) into ``$FP4DIST_BUILD_DIR`` (default
+``~/.cache/fp4dist/build-<torch version>-<source hash>``, the hash over every file under csrc/ and the flags)
+for sm_90; if that fails it logs one warning line on the ``fp4dist`` logger and returns False.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import os
 import threading
 from pathlib import Path
@@ -25,29 +27,29 @@ from fp4dist import rng
 log = logging.getLogger("fp4dist")
 
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"
-_SOURCES = ("nvfp4_kernels.cu", "bindings.cpp")
 # -fmad=false: no FMA contraction (it would change bits); no fast math / ftz (S_dec may be subnormal).
 _CUDA_FLAGS = ["-O3", "-std=c++17", "-fmad=false", "-gencode=arch=compute_90,code=sm_90", "-lineinfo"]
 _CXX_FLAGS = ["-O3", "-std=c++17"]
+_LD_FLAGS = ["-lcublas"]
 
 _lock = threading.Lock()
 _ext: ModuleType | None = None
 _build_failed = False
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-# Cast kernel variant: 7 = the wide kernel (16-bit inputs with 16-byte aligned rows; the others fall back to 82);
-# else the 128-row kernel: tile shape for 16-bit inputs (1 = 64x128, 2 = 128x128, 3 = 256x64) + 10 * tile rows
-# per group of the tile order (0 = row-major). See docs/kernels.md.
-_CAST_VARIANT = int(os.environ.get("FP4DIST_CAST_VARIANT", "7"))
-_ROWWISE_STREAM, _COLUMNWISE_STREAM = 0, 1
+
+
+def _csrc_files() -> list[Path]:
+    """Every file of the extension's source tree (headers included), in a fixed order."""
+    return sorted(p for p in _CSRC.rglob("*") if p.is_file() and p.suffix in (".cu", ".cuh", ".cpp", ".h"))
 
 
 def _source_hash() -> str:
     h = hashlib.sha256()
-    for name in _SOURCES:
-        h.update(name.encode())
-        h.update((_CSRC / name).read_bytes())
-    h.update(" ".join(_CUDA_FLAGS + _CXX_FLAGS).encode())
+    for path in _csrc_files():
+        h.update(path.relative_to(_CSRC).as_posix().encode())
+        h.update(path.read_bytes())
+    h.update(" ".join(_CUDA_FLAGS + _CXX_FLAGS + _LD_FLAGS).encode())
     return h.hexdigest()[:16]
 
 
@@ -58,9 +60,9 @@ def _build() -> ModuleType:
     build_dir = os.environ.get("FP4DIST_BUILD_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "fp4dist", f"build-{torch.__version__}-{digest}")
     os.makedirs(build_dir, exist_ok=True)
-    return load(name=f"fp4dist_cuda_{digest}", sources=[str(_CSRC / s) for s in _SOURCES],
-                extra_cflags=_CXX_FLAGS, extra_cuda_cflags=_CUDA_FLAGS, build_directory=build_dir,
-                verbose=False)
+    sources = [str(p) for p in _csrc_files() if p.suffix in (".cu", ".cpp")]
+    return load(name=f"fp4dist_cuda_{digest}", sources=sources, extra_cflags=_CXX_FLAGS,
+                extra_cuda_cflags=_CUDA_FLAGS, extra_ldflags=_LD_FLAGS, build_directory=build_dir, verbose=False)
 
 
 def available() -> bool:
@@ -85,39 +87,15 @@ def available() -> bool:
     return _ext is not None
 
 
-_gemm_ext: ModuleType | None = None
-_gemm_failed = False
-
-
 def gemm_alpha_available() -> bool:
-    """True when the cuBLAS device-alpha GEMM (csrc/gemm_alpha.cpp) is built and loaded."""
-    global _gemm_ext, _gemm_failed
-    if not available():
-        return False
-    with _lock:
-        if _gemm_ext is None and not _gemm_failed:
-            try:
-                from torch.utils.cpp_extension import load
-
-                src = _CSRC / "gemm_alpha.cpp"
-                digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-                build_dir = os.path.join(os.environ.get("FP4DIST_BUILD_DIR") or os.path.join(
-                    os.path.expanduser("~"), ".cache", "fp4dist"), f"gemm-{torch.__version__}-{digest}")
-                os.makedirs(build_dir, exist_ok=True)
-                _gemm_ext = load(name=f"fp4dist_gemm_{digest}", sources=[str(src)], extra_cflags=_CXX_FLAGS,
-                                 extra_ldflags=["-lcublas"], with_cuda=True, build_directory=build_dir,
-                                 verbose=False)
-            except Exception as e:  # noqa: BLE001 - any failure means "use the fallback", said once
-                _gemm_failed = True
-                log.warning("fp4dist cuBLAS device-alpha GEMM unavailable (%s: %s); nvfp4_gemm reads alpha on the "
-                            "host instead", type(e).__name__, str(e).strip().splitlines()[0][:300] if str(e) else "")
-    return _gemm_ext is not None
+    """True when the cuBLAS device-alpha GEMM can run: it is part of the kernels' extension."""
+    return available()
 
 
 def gemm_alpha(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """alpha * a [M, K] @ b [N, K]^T in out_dtype; a, b bf16 or fp16, fp32 accumulation, alpha an fp32 CUDA scalar."""
     out = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
-    _gemm_ext.gemm_alpha(a.contiguous(), b.contiguous(), alpha.reshape(1).float().contiguous(), out)
+    _kernels().gemm_alpha(a.contiguous(), b.contiguous(), alpha.reshape(1).float().contiguous(), out)
     return out
 
 
@@ -148,9 +126,8 @@ def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
     m, n = x2d.shape
     if rht and m % 16:
         raise ValueError(f"the RHT runs over 16-row chunks of X: m must be a multiple of 16, got {m}")
-    out = torch.zeros(2, dtype=torch.float32, device=x2d.device)
-    if x2d.numel():
-        _kernels().amax(_aligned(x2d), out, bool(rht))
+    out = torch.empty(2, dtype=torch.float32, device=x2d.device)  # zeroed by the kernels' launcher
+    _kernels().amax(_aligned(x2d), out, bool(rht))
     return out
 
 
@@ -165,10 +142,32 @@ def _out_or_new(t, shape, dtype, device, name):
     return t
 
 
+def _int64_bits(v: int) -> int:
+    """v mod 2^64 as the int64 with the same 64 bits."""
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _check_rng_offset(rng_offset, device: torch.device) -> None:
+    if isinstance(rng_offset, torch.Tensor):
+        if rng_offset.device != device or rng_offset.dtype != torch.int64 or rng_offset.numel() != 1:
+            raise ValueError(f"a tensor rng_offset must be one int64 element on {device}, got {rng_offset.dtype} "
+                             f"{tuple(rng_offset.shape)} on {rng_offset.device}")
+    elif not isinstance(rng_offset, numbers.Integral):
+        raise TypeError(f"rng_offset must be an int or a one-element int64 CUDA tensor, got {type(rng_offset)}")
+
+
 def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
-         rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int, row_offset: int, out=None):
+         rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int,
+         out=None, streams: tuple[int, int] | None = None):
     """Quantize X [m, n] into the requested layouts (see reference.cast); ``out`` may hold preallocated
-    (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv), None where not requested."""
+    (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv), None where not requested.
+
+    Stochastic rounding draws from (seed, rng_offset, stream) (fp4dist/rng.py), streams = (rowwise, columnwise)
+    defaulting to ``rng.layout_streams(block_2d)``. ``rng_offset`` is an int (the keys are computed here) or a
+    one-element int64 tensor on x2d's device, read by the kernels themselves (its 64 bits are the offset): the
+    host never waits for it.
+    """
     _check_x(x2d)
     m, n = x2d.shape
     if (rowwise or block_2d) and n % 16:
@@ -181,6 +180,10 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
         raise ValueError("stochastic rounding draws from 32-bit (row, col) positions: need "
                          f"0 <= row_offset and row_offset + m <= 2^32, got row_offset={row_offset}, m={m}")
     dev = x2d.device
+    _check_rng_offset(rng_offset, dev)
+    stream_row, stream_col = rng.layout_streams(block_2d) if streams is None else streams
+    if not all(isinstance(s, int) and 0 <= s < 2**32 for s in (stream_row, stream_col)):
+        raise ValueError(f"streams must be two ints in [0, 2^32), got {streams!r}")
     amax = amax.to(device=dev, dtype=torch.float32).reshape(-1).contiguous()
     if amax.numel() != 2:
         raise ValueError(f"amax must have 2 elements (rowwise, columnwise), got {amax.numel()}")
@@ -195,44 +198,112 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
     if columnwise:
         cd = _out_or_new(o[2], (n, m // 2), torch.uint8, dev, "columnwise_data")
         cs = _out_or_new(o[3], (n, m // 16), torch.float8_e4m3fn, dev, "columnwise_scale_inv")
-    key_row = key_col = 0
-    if stochastic_rounding:
-        key_row = rng.stream_key(seed, rng_offset, _ROWWISE_STREAM)
-        key_col = rng.stream_key(seed, rng_offset, _ROWWISE_STREAM if block_2d else _COLUMNWISE_STREAM)
     if x2d.numel():
         empty = torch.empty(0, dtype=torch.uint8, device=dev)
-        _kernels().cast(_aligned(x2d), amax,
-                        rd if rd is not None else empty, rs.view(torch.uint8) if rs is not None else empty,
-                        cd if cd is not None else empty, cs.view(torch.uint8) if cs is not None else empty,
-                        bool(rowwise), bool(columnwise), bool(block_2d), bool(rht), bool(stochastic_rounding),
-                        int(key_row), int(key_col), int(row_offset) & 0xFFFFFFFF, _CAST_VARIANT)
+        args = (_aligned(x2d), amax,
+                rd if rd is not None else empty, rs.view(torch.uint8) if rs is not None else empty,
+                cd if cd is not None else empty, cs.view(torch.uint8) if cs is not None else empty,
+                bool(rowwise), bool(columnwise), bool(block_2d), bool(rht), bool(stochastic_rounding))
+        if stochastic_rounding and isinstance(rng_offset, torch.Tensor):
+            _kernels().cast_device_key(*args, _int64_bits(seed), rng_offset, stream_row, stream_col,
+                                       int(row_offset) & 0xFFFFFFFF)
+        else:
+            key_row = key_col = 0
+            if stochastic_rounding:
+                key_row = rng.stream_key(seed, rng_offset, stream_row)
+                key_col = rng.stream_key(seed, rng_offset, stream_col)
+            _kernels().cast(*args, key_row, key_col, int(row_offset) & 0xFFFFFFFF)
     return rd, rs, cd, cs
 
 
-def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor,
-               out_dtype: torch.dtype) -> torch.Tensor:
-    """[rows, 2 * data.shape[1]] in out_dtype: e2m1(code) * float(scale) * decode_scale (one rounding to out_dtype
-    after the fp32 products, as reference.dequantize)."""
+def _check_out_dtype(out_dtype: torch.dtype) -> None:
     if out_dtype not in _DTYPES:
         raise TypeError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
-    if data.dim() != 2 or data.dtype != torch.uint8:
-        raise ValueError(f"data must be a 2-D uint8 tensor, got {data.dtype} {tuple(data.shape)}")
-    rows, half = data.shape
-    if half % 8:
-        raise ValueError(f"data.shape[1] must be a multiple of 8 (16 codes per block), got {half}")
-    if scale_inv.numel() != rows * (half // 8) or scale_inv.element_size() != 1:
-        raise ValueError(f"scale_inv must hold {rows * (half // 8)} one-byte scales, got {scale_inv.dtype} "
-                         f"{tuple(scale_inv.shape)}")
+
+
+def _packed(data: torch.Tensor, scale_inv: torch.Tensor, what: str):
+    """(data, scale bytes, output rows, row bytes) of one NVFP4 layout as the kernels take it.
+
+    data: uint8 [R, row_bytes], or [G, R, row_bytes] whose slices are row-major but may lie anywhere (stride(0) a
+    multiple of 8 bytes); scale_inv: one-byte scales, [G, R, row_bytes / 8] with row-major slices, or any tensor of
+    that many elements. What the kernels can not read in place is copied (contiguous, 8-byte aligned).
+    """
+    if not isinstance(data, torch.Tensor) or data.device.type != "cuda":
+        raise ValueError(f"{what}: the CUDA backend needs CUDA tensors")
+    if data.dtype != torch.uint8 or data.dim() not in (2, 3):
+        raise ValueError(f"{what}: data must be a 2-D or 3-D uint8 tensor, got {data.dtype} {tuple(data.shape)}")
+    slices = data.shape[0] if data.dim() == 3 else 1
+    rows, row_bytes = data.shape[-2], data.shape[-1]
+    if row_bytes % 8:
+        raise ValueError(f"{what}: data.shape[-1] must be a multiple of 8 (16 codes per block), got {row_bytes}")
+    n_scales = slices * rows * (row_bytes // 8)
+    if scale_inv.numel() != n_scales or scale_inv.element_size() != 1 or scale_inv.device != data.device:
+        raise ValueError(f"{what}: scale_inv must hold {n_scales} one-byte scales on {data.device}, got "
+                         f"{scale_inv.dtype} {tuple(scale_inv.shape)} on {scale_inv.device}")
+
+    def rows_contiguous(t: torch.Tensor) -> bool:
+        return t.stride(-1) == 1 and (t.shape[-2] <= 1 or t.stride(-2) == t.shape[-1])
+
+    sliced = data.dim() == 3 and slices > 1
+    if not (rows_contiguous(data) and (not sliced or data.stride(0) % 8 == 0) and (sliced or data.is_contiguous())):
+        data = data.contiguous()
+    if data.data_ptr() % 8:
+        data = data.clone()
+    scale = scale_inv.view(torch.uint8)
+    if not (sliced and scale.dim() == 3 and tuple(scale.shape) == (slices, rows, row_bytes // 8)
+            and rows_contiguous(scale)):
+        scale = scale.contiguous()
+    return data, scale, slices * rows, row_bytes
+
+
+def _scalar_or_empty(t: torch.Tensor | None, device: torch.device, what: str) -> torch.Tensor:
+    if t is None:
+        return torch.empty(0, dtype=torch.float32, device=device)
+    if not isinstance(t, torch.Tensor) or t.numel() != 1:
+        raise ValueError(f"{what} must be a one-element tensor")
+    return t.to(device=device, dtype=torch.float32).reshape(1)
+
+
+def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
+               out_dtype: torch.dtype, *, amax: torch.Tensor | None = None) -> torch.Tensor:
+    """[G * R, 2 * row_bytes] in out_dtype: e2m1(code) * float(scale) * d (one rounding to out_dtype after the fp32
+    products, as reference.dequantize), d = decode_scale, or S_dec(amax) computed in the kernel (``decode_scale``
+    None), or 1 (both None). data [R, row_bytes] or [G, R, row_bytes] slices (see _packed)."""
+    _check_out_dtype(out_dtype)
+    if decode_scale is not None and amax is not None:
+        raise ValueError("dequantize takes decode_scale or amax, not both")
+    data, scale, out_rows, row_bytes = _packed(data, scale_inv, "dequantize")
     dev = data.device
-    out = torch.empty((rows, half * 2), dtype=out_dtype, device=dev)
-    if data.numel():
-        dec = decode_scale.to(device=dev, dtype=torch.float32).reshape(1).contiguous()
-        data_c = data.contiguous()
-        if data_c.data_ptr() % 8:
-            data_c = data_c.clone()
-        scale_c = scale_inv.contiguous().view(torch.uint8)
-        _kernels().dequantize(data_c, scale_c, dec, out)
+    out = torch.empty((out_rows, row_bytes * 2), dtype=out_dtype, device=dev)
+    if out.numel():
+        _kernels().dequantize(data, scale, _scalar_or_empty(decode_scale, dev, "decode_scale"),
+                              _scalar_or_empty(amax, dev, "amax"), out)
     return out
+
+
+def decode_operands(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor, b_scale: torch.Tensor,
+                    amax_a: torch.Tensor, amax_b: torch.Tensor, out_dtype: torch.dtype):
+    """A GEMM's two operands decoded in one launch, without their global scales: (a_op, b_op, alpha, shift).
+
+    a_op = e2m1 * float(scale) * shift, b_op = e2m1 * float(scale), both [G * R, 2 * row_bytes] in out_dtype (exact
+    in bf16, fp16 and fp32: a power-of-two shift; with fp16 a shift of 2^110 overflows, which takes
+    amax_a * amax_b > ~2.4e45, beyond any fp16 input); (alpha, shift) = format.gemm_alpha(amax_a, amax_b) as fp32
+    0-dim tensors, computed on the device, so alpha * a_op @ b_op^T is the product of the two decoded layouts.
+    Operands as in dequantize (2-D, or 3-D slices).
+    """
+    _check_out_dtype(out_dtype)
+    a_data, a_scale, a_rows, a_bytes = _packed(a_data, a_scale, "decode_operands: operand A")
+    b_data, b_scale, b_rows, b_bytes = _packed(b_data, b_scale, "decode_operands: operand B")
+    dev = a_data.device
+    if b_data.device != dev:
+        raise ValueError(f"decode_operands: the operands are on {dev} and {b_data.device}")
+    a_op = torch.empty((a_rows, a_bytes * 2), dtype=out_dtype, device=dev)
+    b_op = torch.empty((b_rows, b_bytes * 2), dtype=out_dtype, device=dev)
+    alpha_shift = torch.empty(2, dtype=torch.float32, device=dev)
+    _kernels().decode_operands(a_data, a_scale, a_op, b_data, b_scale, b_op,
+                               _scalar_or_empty(amax_a, dev, "amax_a"), _scalar_or_empty(amax_b, dev, "amax_b"),
+                               alpha_shift[0:1], alpha_shift[1:2])
+    return a_op, b_op, alpha_shift[0], alpha_shift[1]
 
 
 def swap_first_dims(t: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,6 @@ from fp4dist import format as fmt
 from fp4dist import rng
 from fp4dist.rht import rht as apply_rht
 
-ROWWISE_STREAM, COLUMNWISE_STREAM = 0, 1
-
 
 def _columnwise_source(x2d: torch.Tensor, rht: bool) -> torch.Tensor:
     """V = X^T [n, m] in x's dtype, transformed by the RHT along its rows when ``rht``."""
@@ -62,16 +60,17 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
     row_ids = torch.arange(m, device=dev, dtype=torch.int64) + row_offset
     col_ids = torch.arange(n, device=dev, dtype=torch.int64)
     row_out = col_out = (None, None)
+    row_stream, col_stream = rng.layout_streams(block_2d)
     if rowwise:
         bits = None
         if stochastic_rounding:
-            key = rng.stream_key(seed, rng_offset, ROWWISE_STREAM)
+            key = rng.stream_key(seed, rng_offset, row_stream)
             bits = rng.random_bits(key, row_ids[:, None], col_ids[None, :])
         row_out = _quantize_rows(x2d.float(), amax[0], block_2d, bits)
     if columnwise:
         bits = None
         if stochastic_rounding:
-            key = rng.stream_key(seed, rng_offset, ROWWISE_STREAM if block_2d else COLUMNWISE_STREAM)
+            key = rng.stream_key(seed, rng_offset, col_stream)
             bits = rng.random_bits(key, row_ids[None, :], col_ids[:, None])
         col_out = _quantize_rows(_columnwise_source(x2d, rht).float(), amax[1], block_2d, bits)
     return (*row_out, *col_out)

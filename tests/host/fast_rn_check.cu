@@ -1,12 +1,12 @@
-// Host-side check of the cast kernel's fast RN path (csrc/nvfp4_kernels.cu compiled for the CPU with
-// FP4DIST_NO_KERNELS): built and run by tests/test_kernel_numerics_host.py wherever nvcc exists, no GPU.
+// Host-side check of the cast kernels' fast RN path (csrc/common/numerics.cuh and dtype_traits.cuh compiled
+// for the CPU): built and run by tests/test_kernel_numerics_host.py wherever nvcc exists, no GPU.
 //   1. e2m1_rn_mag_fast equals the general rounding (e2m1_rn) for every fp32 |a| < 7, both signs.
 //   2. quantize16_rn_fast with the packed sign bits equals quantize16_fn on random 16-bit blocks that
 //      pass rn_fast_ok (bf16 and fp16, zeros, -0, subnormals, wide exponent ranges, saturating scales);
 //      sign_bits_columns equals the per-element flags.
 // Prints one summary line per check; exit status 1 on any mismatch.
-#define FP4DIST_NO_KERNELS
-#include "../../csrc/nvfp4_kernels.cu"
+#include "../../csrc/common/dtype_traits.cuh"
+#include "../../csrc/common/numerics.cuh"
 
 #include <algorithm>
 #include <type_traits>

@@ -1,0 +1,48 @@
+// launch_cast: picks the cast kernel from the input's dtype and alignment.
+//   bf16 / fp16, X 16-byte aligned and rows of a multiple of 16 bytes: the wide kernel (cast_wide.cu), with its
+//     both-layouts path for casts to both layouts with 1x16 blocks;
+//   everything else (fp32, unaligned 16-bit rows): the 128-row kernel (cast_tile.cu), its tiles visited in
+//     groups of 8 tile rows for 16-bit inputs and in row-major order for fp32.
+
+#include "../fp4dist.h"
+#include "cast_params.h"
+
+namespace fp4dist_cuda {
+
+cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,
+                        uint8_t* cd, uint8_t* cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
+                        const CastRng& rng, cudaStream_t stream) {
+  if (dtype < 0 || dtype > 2) return cudaErrorInvalidValue;
+  CastParams p{};
+  p.x = x;
+  p.m = m;
+  p.n = n;
+  p.amax = amax;
+  p.rd = rd;
+  p.rs = rs;
+  p.cd = cd;
+  p.cs = cs;
+  p.do_row = do_row;
+  p.do_col = do_col;
+  p.block_2d = block_2d;
+  p.key_row = rng.key_row;
+  p.key_col = rng.key_col;
+  p.row_offset = rng.row_offset;
+  SrKeySource<true> keys{};
+  keys.rng_offset = sr ? rng.rng_offset : nullptr;
+  keys.seed = rng.seed;
+  keys.stream_row = rng.stream_row;
+  keys.stream_col = rng.stream_col;
+  const int64_t elem_size = dtype == 2 ? 4 : 2;
+  p.vec_ok = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && ((n * elem_size) % 16 == 0);
+  if (elem_size == 2) {
+    // the wide kernel's bulk copies need 16-byte aligned rows (vec_ok); m, n < 2^31 - 512 keep its int math exact
+    if (p.vec_ok && m <= 0x7fffffff - 512 && n <= 0x7fffffff - 512) {
+      return launch_cast_wide(dtype, p, keys, rht, sr, stream);
+    }
+    p.group_rows = 8;
+  }
+  return launch_cast_tile(dtype, p, keys, rht, sr, stream);
+}
+
+}  // namespace fp4dist_cuda
