@@ -114,3 +114,24 @@ def block_encode_scale(scale: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor
     """e = min(1 / fp32(float(s) * S_dec), FLT_MAX), fp32, shaped like ``scale``."""
     e = 1.0 / (scale.float() * s_dec)
     return torch.where(e > FLT_MAX, FLT_MAX, e)
+
+
+GEMM_SHIFT_EXP = 110  #: operand A is scaled by 2^110 (alpha by 2^-110) when fp32 alpha would overflow
+
+
+def gemm_alpha(amax_a: torch.Tensor, amax_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, shift), fp32 0-dim: the GEMM's scale of the fp32 accumulator and the power of two by which
+    operand A's decoded values are multiplied.
+
+    alpha = S_dec(amax_a) * S_dec(amax_b) and shift = 1, unless that product overflows to inf (both amaxes
+    near the fp32 range's top): then alpha = (S_dec(amax_a) * 2^-110) * S_dec(amax_b) and shift = 2^110.
+    alpha * shift is the same real number either way; the split keeps alpha finite, so a zero row of A gives
+    0 rather than 0 * inf = NaN. Both factors are exact (powers of two; S_dec(amax_a) >= 2^11 when the
+    product overflows, and e2m1 * e4m3 * 2^110 < 2^122 fits bf16).
+    """
+    s_a, s_b = global_decode_scale(amax_a), global_decode_scale(amax_b)
+    alpha = s_a * s_b
+    overflow = torch.isinf(alpha)
+    alpha = torch.where(overflow, (s_a * 2.0**-GEMM_SHIFT_EXP) * s_b, alpha)
+    shift = torch.where(overflow, torch.full_like(alpha, 2.0**GEMM_SHIFT_EXP), torch.ones_like(alpha))
+    return alpha, shift
