@@ -1,6 +1,6 @@
 """The NVFP4 format: E2M1 codes, nibble packing, E4M3 block scales and the fp32 global scale.
 
-Everything here follows ``docs/numerics.md`` bit for bit and is pure PyTorch, so it is
+Everything here follows ``shared/docs/nvfp4-numerics.md`` bit for bit and is pure PyTorch, so it is
 the executable form of the spec that every backend is tested against.
 
 * E2M1 code ``c`` (uint8 in [0, 16)): magnitude ``E2M1_VALUES[c & 7]``, negative when ``c & 8``.
@@ -116,17 +116,22 @@ def block_encode_scale(scale: torch.Tensor, s_dec: torch.Tensor) -> torch.Tensor
     return torch.where(e > FLT_MAX, FLT_MAX, e)
 
 
-def gemm_alpha(amax_a: torch.Tensor, amax_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(alpha, shift), fp32, for a GEMM of two operands decoded without their global scales.
+GEMM_SHIFT_EXP = 110  #: operand A is scaled by 2^110 (alpha by 2^-110) when fp32 alpha would overflow
 
-    alpha = S_dec(amax_a) * S_dec(amax_b) (one fp32 rounding) and shift = 1, except where that product
-    overflows to +inf (both S_dec large: each is at most FLT_MAX / 2688): there alpha = (S_dec(amax_a) * 2^-110)
-    * S_dec(amax_b) and shift = 2^110, by which operand A's decoded values (at most 2688) are multiplied, exactly,
-    so that alpha * (shift * A) @ B is the product with a finite alpha. A NaN amax gives a NaN alpha (shift 1).
+
+def gemm_alpha(amax_a: torch.Tensor, amax_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, shift), fp32 0-dim: the GEMM's scale of the fp32 accumulator and the power of two by which
+    operand A's decoded values are multiplied.
+
+    alpha = S_dec(amax_a) * S_dec(amax_b) and shift = 1, unless that product overflows to inf (both amaxes
+    near the fp32 range's top): then alpha = (S_dec(amax_a) * 2^-110) * S_dec(amax_b) and shift = 2^110.
+    alpha * shift is the same real number either way; the split keeps alpha finite, so a zero row of A gives
+    0 rather than 0 * inf = NaN. Both factors are exact (powers of two; S_dec(amax_a) >= 2^11 when the
+    product overflows, and e2m1 * e4m3 * 2^110 < 2^122 fits bf16).
     """
-    da, db = global_decode_scale(amax_a), global_decode_scale(amax_b)
-    alpha = da * db
-    over = alpha == float("inf")
-    alpha = torch.where(over, (da * 2.0**-110) * db, alpha)
-    shift = torch.where(over, torch.full_like(alpha, 2.0**110), torch.ones_like(alpha))
+    s_a, s_b = global_decode_scale(amax_a), global_decode_scale(amax_b)
+    alpha = s_a * s_b
+    overflow = torch.isinf(alpha)
+    alpha = torch.where(overflow, (s_a * 2.0**-GEMM_SHIFT_EXP) * s_b, alpha)
+    shift = torch.where(overflow, torch.full_like(alpha, 2.0**GEMM_SHIFT_EXP), torch.ones_like(alpha))
     return alpha, shift

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fp4dist.parallel import ColumnParallelLinear, RowParallelLinear
+from fp4dist.parallel import ColumnParallelLinear, RowParallelLinear, name_rng_streams
 from fp4dist.parallel import comm
 from fp4dist.recipe import HighPrecisionRecipe
 
@@ -114,6 +114,7 @@ class GPT(nn.Module):
             Block(cfg, i, HighPrecisionRecipe() if i in keep else recipe, tp_group, self.sp) for i in range(cfg.n_layers))
         self.ln_f = LayerNorm(cfg.d_model, self.sp)
         self.head = nn.Parameter(torch.randn(cfg.vocab_size, cfg.d_model, generator=g) * cfg.init_std)
+        name_rng_streams(self)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, s = tokens.shape

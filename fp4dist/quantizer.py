@@ -49,8 +49,10 @@ class NVFP4Quantizer:
                 f"rht={self.rht}, stochastic_rounding={self.stochastic_rounding}, seed={self.seed}, "
                 f"backend={self.backend!r})")
 
-    def check_input(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor, rowwise: bool | None = None, columnwise: bool | None = None) -> None:
         """Raise TypeError/ValueError naming the problem if ``x`` cannot be quantized with these options."""
+        rowwise = self.rowwise if rowwise is None else rowwise
+        columnwise = self.columnwise if columnwise is None else columnwise
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"NVFP4Quantizer.quantize takes a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in SUPPORTED_DTYPES:
@@ -60,53 +62,65 @@ class NVFP4Quantizer:
         if x.numel() == 0:
             raise ValueError(f"cannot quantize an empty tensor (shape {tuple(x.shape)})")
         m, n = x.numel() // x.shape[-1], x.shape[-1]
-        if (self.rowwise or self.block_2d) and n % 16:
+        if (rowwise or self.block_2d) and n % 16:
             why = "block_2d=True" if self.block_2d else "rowwise=True"
             raise ValueError(f"the last dim must be a multiple of 16 for {why} (1x16 blocks along it), "
                              f"got {n} in shape {tuple(x.shape)}")
-        if (self.columnwise or self.block_2d) and m % 16:
+        if (columnwise or self.block_2d) and m % 16:
             why = "block_2d=True" if self.block_2d else "columnwise=True"
             raise ValueError(f"the product of the leading dims (m = {m}, shape {tuple(x.shape)}) must be a "
                              f"multiple of 16 for {why}: blocks run along it in the transposed layout")
 
-    def compute_amax(self, x: torch.Tensor) -> torch.Tensor:
-        """Pass 1: fp32 [2] = (rowwise amax, columnwise amax), MAX-reduced over ``amax_group`` if set."""
-        self.check_input(x)
-        x2d = x.reshape(-1, x.shape[-1]).contiguous()
-        amax = backends.select(self.backend, x.device).compute_amax(x2d, rht=self.rht and self.columnwise)
+    def compute_amax(self, x: torch.Tensor, *, rowwise: bool | None = None,
+                     columnwise: bool | None = None) -> torch.Tensor:
+        """Pass 1: fp32 [2] = (rowwise amax, columnwise amax), MAX-reduced over ``amax_group`` if set.
+        ``rowwise`` / ``columnwise`` override the layouts this quantizer was built for (None keeps them)."""
+        columnwise = self.columnwise if columnwise is None else columnwise
+        self.check_input(x, rowwise, columnwise)
+        x2d = x.detach().reshape(-1, x.shape[-1]).contiguous()
+        amax = backends.select(self.backend, x.device).compute_amax(x2d, rht=self.rht and columnwise)
         if self.amax_group is not None:
             dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=self.amax_group)
         return amax
 
-    def quantize(self, x: torch.Tensor, *, amax: torch.Tensor | None = None, rng_offset: int = 0,
-                 row_offset: int = 0) -> NVFP4Tensor:
+    def quantize(self, x: torch.Tensor, *, amax: torch.Tensor | None = None,
+                 rng_offset: int | torch.Tensor = 0, row_offset: int = 0, rowwise: bool | None = None,
+                 columnwise: bool | None = None) -> NVFP4Tensor:
         """Quantize ``x`` into the layouts this quantizer was built for.
 
         Args:
             amax: fp32 [2] from :meth:`compute_amax` (computed, and group-reduced, when None).
-            rng_offset: SR stream offset (e.g. the training step), so each call draws fresh numbers.
+            rng_offset: SR stream offset (e.g. the training step), so each call draws fresh numbers: an int,
+                or an int64 tensor of one element on x's device (read there, so a compiled or captured step
+                can change it without retracing).
             row_offset: index in the full tensor of this shard's first row of the 2-D view; SR draws
                 depend on the global position, so shards gathered later match the full tensor.
+            rowwise, columnwise: override the layouts this quantizer was built for (None keeps them), e.g.
+                rowwise only where no backward pass will need the transposed layout.
         """
+        rowwise = self.rowwise if rowwise is None else rowwise
+        columnwise = self.columnwise if columnwise is None else columnwise
+        if not (rowwise or columnwise):
+            raise ValueError("quantize needs rowwise=True or columnwise=True (or both)")
         if amax is None:
-            amax = self.compute_amax(x)
+            amax = self.compute_amax(x, rowwise=rowwise, columnwise=columnwise)
         else:
-            self.check_input(x)
+            self.check_input(x, rowwise, columnwise)
             if not isinstance(amax, torch.Tensor) or amax.numel() != 2 or amax.device != x.device:
                 raise ValueError("amax must be the fp32 [2] tensor of compute_amax (rowwise, columnwise amax) on "
                                  f"the input's device {x.device}, got {amax!r}")
-            amax = amax.float().reshape(2)
-        x2d = x.reshape(-1, x.shape[-1]).contiguous()
+            amax = amax.detach().float().reshape(2)
+        x2d = x.detach().reshape(-1, x.shape[-1]).contiguous()
         backend = backends.select(self.backend, x.device)
         rd, rs, cd, cs = backend.cast(
-            x2d, amax, rowwise=self.rowwise, columnwise=self.columnwise, block_2d=self.block_2d,
-            rht=self.rht and self.columnwise, stochastic_rounding=self.stochastic_rounding, seed=self.seed,
+            x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=self.block_2d,
+            rht=self.rht and columnwise, stochastic_rounding=self.stochastic_rounding, seed=self.seed,
             rng_offset=rng_offset, row_offset=row_offset)
         return NVFP4Tensor(
             rowwise_data=rd, rowwise_scale_inv=rs, columnwise_data=cd, columnwise_scale_inv=cs,
-            amax_rowwise=amax[0].clone() if self.rowwise else None,
-            amax_columnwise=amax[1].clone() if self.columnwise else None,
-            shape=x.shape, dtype=x.dtype, block_2d=self.block_2d, rht=self.rht and self.columnwise,
+            amax_rowwise=amax[0] if rowwise else None,
+            amax_columnwise=amax[1] if columnwise else None,
+            shape=x.shape, dtype=x.dtype, block_2d=self.block_2d, rht=self.rht and columnwise,
             backend=self.backend)
 
     __call__ = quantize

@@ -22,6 +22,12 @@ import torch
 MASK32 = 0xFFFFFFFF
 _M1, _M2 = 0x7FEB352D, 0x846CA68B
 _STREAM_SALT = 0x9E3779B9
+ROWWISE_STREAM, COLUMNWISE_STREAM = 0, 1
+
+
+def layout_streams(block_2d: bool) -> tuple[int, int]:
+    """(rowwise stream, columnwise stream): 0 and 1, or 0 for both with 16x16 tiles (exact transposes)."""
+    return ROWWISE_STREAM, ROWWISE_STREAM if block_2d else COLUMNWISE_STREAM
 
 
 def mix32_int(x: int) -> int:
@@ -59,12 +65,20 @@ def stream_key(seed: int, rng_offset: int, stream: int) -> int:
     return k ^ (seed & MASK32)
 
 
-def layout_streams(block_2d: bool) -> tuple[int, int]:
-    """The streams (rowwise, columnwise) a cast draws from: (0, 1), or (0, 0) with 16x16 tiles, so that the
-    two layouts of a 2D-tile tensor stay exact transposes."""
-    return (0, 0) if block_2d else (0, 1)
+def stream_key_tensor(seed: int, rng_offset: torch.Tensor, stream: int) -> torch.Tensor:
+    """:func:`stream_key` with the offset an int64 tensor of one element (read where it lives, no host sync).
+
+    Returns an int64 0-dim tensor on the offset's device holding the same 32-bit key.
+    """
+    seed &= (1 << 64) - 1
+    off = rng_offset.reshape(()).long()
+    k = mix32_int((stream ^ _STREAM_SALT) & MASK32)
+    k = mix32(k ^ ((off >> 32) & MASK32))
+    k = mix32(k ^ (off & MASK32))
+    k = mix32(k ^ (seed >> 32))
+    return k ^ (seed & MASK32)
 
 
-def random_bits(key: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def random_bits(key: int | torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Uniform 32-bit words (int64) for every (row, col) pair of the broadcast of ``rows`` and ``cols``."""
     return mix32(mix32(rows.long() ^ key) ^ cols.long())

@@ -7,7 +7,6 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from fp4dist import backends
-from fp4dist.format import global_decode_scale
 from fp4dist.rht import rht as apply_rht
 
 
@@ -91,8 +90,7 @@ class NVFP4Tensor:
                              (self.rowwise_data, self.rowwise_scale_inv, self.amax_rowwise))
         if data is None:
             raise ValueError(f"this NVFP4Tensor has no {'columnwise' if columnwise else 'rowwise'} layout")
-        decode = global_decode_scale(amax) if global_scale else torch.ones((), device=data.device)
-        return self._backend().dequantize(data, scale, decode, dtype or self.dtype)
+        return self._backend().dequantize(data, scale, amax if global_scale else None, dtype or self.dtype)
 
     def dequantize(self, dtype: torch.dtype | None = None, *, columnwise: bool | None = None) -> torch.Tensor:
         """The logical tensor (``self.shape``, ``dtype`` default the original dtype) from one layout.

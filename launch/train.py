@@ -214,7 +214,7 @@ def train(cfg: DictConfig) -> dict:
                 p.grad.div_(dp)
             dist.all_reduce(loss_t.detach(), group=dp_group)
             loss_t = loss_t / dp
-        grad_norm = clip_grad_norm_(model.parameters(), cfg.optim.grad_clip, tp_group)
+        grad_norm = float(clip_grad_norm_(model.parameters(), cfg.optim.grad_clip, tp_group))
         opt.step()
         sched.step()
         loss = loss_t.item()

@@ -18,13 +18,13 @@ def gen(request):
 
 @pytest.fixture(scope="session")
 def cuda_kernels():
-    """The fp4dist CUDA kernel backend; the test is skipped where it cannot be built or used."""
-    from fp4dist.backends import cuda_backend
+    """fp4dist.backends.cuda, the kernels' Python launchers (the torch.ops.fp4dist custom ops wrap them); the test
+    is skipped where they cannot be built or used."""
+    from fp4dist.backends import cuda, cuda_backend
 
-    kernels = cuda_backend()
-    if kernels is None:
+    if cuda_backend() is None:
         pytest.skip("fp4dist CUDA kernels unavailable (see the fp4dist log line)")
-    return kernels
+    return cuda
 
 
 def random_tensor(shape, gen, dtype=torch.float32, device="cpu"):

@@ -226,11 +226,8 @@ def test_nvfp4_gemm_cpu(gen):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_nvfp4_gemm_cuda(gen, monkeypatch):
-    from fp4dist.backends import cuda as cuda_backend
-    check_gemm("cuda", gen)  # cuBLAS with alpha on the device, when it builds
-    monkeypatch.setattr(cuda_backend, "gemm_alpha_available", lambda: False)
-    check_gemm("cuda", gen)  # the fallback: alpha read on the host
+def test_nvfp4_gemm_cuda(gen, cuda_kernels):
+    check_gemm("cuda", gen)  # one decode launch for both operands, cuBLAS with alpha on the device
 
 
 # ---------------------------------------------------------------- errors

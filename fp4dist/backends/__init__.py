@@ -1,22 +1,15 @@
-"""Backends that implement the two passes of NVFP4 quantization, dequantization and swap_first_dims.
+"""Backends: the kernels of NVFP4 quantization behind one interface, :class:`Backend`.
 
-A backend is a module with these functions (x2d is the input viewed as [m, n], contiguous):
-
-* ``compute_amax(x2d, *, rht) -> fp32 [2]``: (max|X|, max|columnwise source|), the second taken
-  after the RHT when ``rht``.
-* ``cast(x2d, amax, *, rowwise, columnwise, block_2d, rht, stochastic_rounding, seed, rng_offset,
-  row_offset) -> (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv)``,
-  ``None`` for a layout not asked for; ``amax`` is the fp32 [2] tensor of ``compute_amax``
-  (possibly MAX-reduced across a group in between).
-* ``dequantize(data, scale_inv, decode_scale, out_dtype) -> [rows, 2 * data.shape[1]]``:
-  ``e2m1(code) * float(scale) * decode_scale`` with decode_scale an fp32 0-dim tensor.
-* ``swap_first_dims(t) -> t'``: [a, b, ...] -> [b, a, ...], contiguous.
+``reference`` is vectorized PyTorch on any device (the executable form of docs/numerics.md); ``cuda`` is
+fp4dist's CUDA kernels, exposed as ``torch.ops.fp4dist.*`` custom ops so that torch.compile traces them.
+Both give the same bits. :func:`select` picks one for a device.
 """
 
 from __future__ import annotations
 
 import logging
 from types import ModuleType
+from typing import Protocol
 
 import torch
 
@@ -26,21 +19,58 @@ log = logging.getLogger("fp4dist")
 BACKENDS = ("auto", "reference", "cuda")
 
 
+class Backend(Protocol):
+    """What a backend provides. ``x2d`` is the input viewed as X [m, n], contiguous; layouts and dtypes are
+    those of :class:`fp4dist.NVFP4Tensor` (codes uint8 [rows, k/2], scales float8_e4m3fn [rows, k/16])."""
+
+    def compute_amax(self, x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
+        """fp32 [2]: (max|X|, max|columnwise source|), the second taken after the RHT when ``rht``."""
+
+    def cast(self, x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
+             rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int):
+        """(rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv), None where not asked for.
+        ``amax`` is compute_amax's fp32 [2] (possibly MAX-reduced over a group in between); ``rng_offset`` an
+        int or an int64 tensor of one element on x's device (read there: no host sync)."""
+
+    def dequantize(self, data: torch.Tensor, scale_inv: torch.Tensor, amax: torch.Tensor | None,
+                   out_dtype: torch.dtype) -> torch.Tensor:
+        """[rows, 2 * data.shape[1]]: e2m1(code) * float(scale) * S_dec(amax) (no S_dec when amax is None)."""
+
+    def decode_operands(self, a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype):
+        """(A, B, alpha, shift): both GEMM operands decoded without their global scale (exact in bf16), A
+        times ``shift``, and fp32 ``alpha`` (see :func:`fp4dist.format.gemm_alpha`)."""
+
+    def gemm(self, a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor,
+             out_dtype: torch.dtype) -> torch.Tensor:
+        """alpha * A [M, K] @ B [N, K]^T, fp32 accumulation, one rounding to out_dtype."""
+
+    def swap_first_dims(self, t: torch.Tensor) -> torch.Tensor:
+        """[a, b, ...] -> [b, a, ...], contiguous."""
+
+
 def cuda_backend() -> ModuleType | None:
-    """The CUDA kernel backend, or None (with one log line saying why) when it cannot be used."""
+    """The CUDA kernel backend (its custom ops), or None (with one log line saying why) when it cannot be used."""
     from fp4dist.backends import cuda
 
-    return cuda if cuda.available() else None
+    if not cuda.available():
+        return None
+    from fp4dist.backends import cuda_ops
+
+    return cuda_ops
 
 
-def select(name: str, device: torch.device) -> ModuleType:
+def select(name: str, device: torch.device) -> Backend:
     """Resolve a backend name for tensors on ``device``: "auto" takes CUDA kernels when they load."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    if name == "reference" or (name == "auto" and device.type != "cuda"):
+    return _select(name, device.type)
+
+
+def _select(name: str, device_type: str) -> Backend:
+    if name == "reference" or (name == "auto" and device_type != "cuda"):
         return reference
-    if device.type != "cuda":
-        raise ValueError(f"backend='cuda' needs a CUDA tensor, got one on {device}")
+    if device_type != "cuda":
+        raise ValueError(f"backend='cuda' needs a CUDA tensor, got one on {device_type}")
     kernels = cuda_backend()
     if kernels is None:
         if name == "cuda":

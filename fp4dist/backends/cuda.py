@@ -87,11 +87,6 @@ def available() -> bool:
     return _ext is not None
 
 
-def gemm_alpha_available() -> bool:
-    """True when the cuBLAS device-alpha GEMM can run: it is part of the kernels' extension."""
-    return available()
-
-
 def gemm_alpha(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """alpha * a [M, K] @ b [N, K]^T in out_dtype; a, b bf16 or fp16, fp32 accumulation, alpha an fp32 CUDA scalar."""
     out = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
@@ -299,11 +294,12 @@ def decode_operands(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.T
         raise ValueError(f"decode_operands: the operands are on {dev} and {b_data.device}")
     a_op = torch.empty((a_rows, a_bytes * 2), dtype=out_dtype, device=dev)
     b_op = torch.empty((b_rows, b_bytes * 2), dtype=out_dtype, device=dev)
-    alpha_shift = torch.empty(2, dtype=torch.float32, device=dev)
+    alpha = torch.empty(1, dtype=torch.float32, device=dev)
+    shift = torch.empty(1, dtype=torch.float32, device=dev)
     _kernels().decode_operands(a_data, a_scale, a_op, b_data, b_scale, b_op,
                                _scalar_or_empty(amax_a, dev, "amax_a"), _scalar_or_empty(amax_b, dev, "amax_b"),
-                               alpha_shift[0:1], alpha_shift[1:2])
-    return a_op, b_op, alpha_shift[0], alpha_shift[1]
+                               alpha, shift)
+    return a_op, b_op, alpha.reshape(()), shift.reshape(())
 
 
 def swap_first_dims(t: torch.Tensor) -> torch.Tensor:

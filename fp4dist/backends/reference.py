@@ -53,35 +53,53 @@ def _quantize_rows(v: torch.Tensor, amax: torch.Tensor, block_2d: bool, random_b
     return fmt.pack_fp4(codes), scale
 
 
+def _key(seed: int, rng_offset: int | torch.Tensor, stream: int):
+    if isinstance(rng_offset, torch.Tensor):
+        return rng.stream_key_tensor(seed, rng_offset, stream)
+    return rng.stream_key(seed, rng_offset, stream)
+
+
 def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
-         rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int, row_offset: int):
+         rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int):
     m, n = x2d.shape
     dev = x2d.device
     row_ids = torch.arange(m, device=dev, dtype=torch.int64) + row_offset
     col_ids = torch.arange(n, device=dev, dtype=torch.int64)
-    row_out = col_out = (None, None)
     row_stream, col_stream = rng.layout_streams(block_2d)
+    row_out = col_out = (None, None)
     if rowwise:
         bits = None
         if stochastic_rounding:
-            key = rng.stream_key(seed, rng_offset, row_stream)
-            bits = rng.random_bits(key, row_ids[:, None], col_ids[None, :])
+            bits = rng.random_bits(_key(seed, rng_offset, row_stream), row_ids[:, None], col_ids[None, :])
         row_out = _quantize_rows(x2d.float(), amax[0], block_2d, bits)
     if columnwise:
         bits = None
         if stochastic_rounding:
-            key = rng.stream_key(seed, rng_offset, col_stream)
-            bits = rng.random_bits(key, row_ids[None, :], col_ids[:, None])
+            bits = rng.random_bits(_key(seed, rng_offset, col_stream), row_ids[None, :], col_ids[:, None])
         col_out = _quantize_rows(_columnwise_source(x2d, rht).float(), amax[1], block_2d, bits)
     return (*row_out, *col_out)
 
 
-def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor,
+def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, amax: torch.Tensor | None,
                out_dtype: torch.dtype) -> torch.Tensor:
     rows, half = data.shape
     values = fmt.e2m1_to_float(fmt.unpack_fp4(data)).reshape(rows, half * 2 // 16, 16)
-    out = values * scale_inv.float().unsqueeze(-1) * decode_scale.float()
+    out = values * scale_inv.float().unsqueeze(-1)
+    if amax is not None:
+        out = out * fmt.global_decode_scale(amax)
     return out.reshape(rows, half * 2).to(out_dtype)
+
+
+def decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype):
+    a_op = dequantize(a_data, a_scale, None, torch.float32)
+    b_op = dequantize(b_data, b_scale, None, out_dtype)
+    alpha, shift = fmt.gemm_alpha(amax_a, amax_b)
+    return (a_op * shift).to(out_dtype), b_op, alpha, shift
+
+
+def gemm(a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """alpha * (a_op @ b_op^T) accumulated in fp32, one rounding to out_dtype."""
+    return ((a_op.float() @ b_op.float().t()) * alpha).to(out_dtype)
 
 
 def swap_first_dims(t: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -23,24 +21,31 @@ def allreduce_sequence_parallel_grads(module: nn.Module, tp_group=None) -> None:
             g.copy_(new.view_as(g))
 
 
-def clip_grad_norm_(parameters, max_norm: float, tp_group=None) -> float:
-    """Clip the global grad norm of a tensor-parallel model; returns the norm before clipping.
+def clip_grad_norm_(parameters, max_norm: float, tp_group=None) -> torch.Tensor:
+    """Clip the global grad norm of a tensor-parallel model; returns the norm before clipping (fp32 0-dim
+    tensor on the grads' device, no host sync).
 
     ||g||^2 = sum over ranks of the TP-sharded params' squares (``param.tensor_parallel``) plus the
-    replicated params' squares counted once.
+    replicated params' squares counted once. Grads are scaled by max_norm / (||g|| + 1e-6) when that is
+    below 1 and the norm is finite; a non-finite norm leaves them as they are.
     """
     params = [p for p in parameters if p.grad is not None]
     if not params:
-        return 0.0
-    device = params[0].grad.device
-    sharded = sum((p.grad.float().pow(2).sum() for p in params if getattr(p, "tensor_parallel", False)),
-                  torch.zeros((), device=device))
-    replicated = sum((p.grad.float().pow(2).sum() for p in params if not getattr(p, "tensor_parallel", False)),
-                     torch.zeros((), device=device))
+        return torch.zeros(())
+    grads = [p.grad for p in params]
+    device = grads[0].device
+
+    def sum_squares(gs):
+        if not gs:
+            return torch.zeros((), device=device)
+        return torch.stack(torch._foreach_norm([g.float() for g in gs])).square().sum()
+
+    sharded = sum_squares([g for p, g in zip(params, grads) if getattr(p, "tensor_parallel", False)])
+    replicated = sum_squares([g for p, g in zip(params, grads) if not getattr(p, "tensor_parallel", False)])
     if comm.group_size(tp_group) > 1:
         dist.all_reduce(sharded, group=tp_group)
-    norm = math.sqrt((sharded + replicated).item())
-    if math.isfinite(norm) and norm > max_norm:
-        for p in params:
-            p.grad.mul_(max_norm / (norm + 1e-6))
+    norm = (sharded + replicated).sqrt()
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    coef = torch.where(torch.isfinite(norm), coef, torch.ones_like(coef))
+    torch._foreach_mul_(grads, coef)
     return norm

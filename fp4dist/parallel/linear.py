@@ -13,7 +13,7 @@ RowParallelLinear(in, out): weight shard [out, in/tp], bias [out] (added after t
 
 from __future__ import annotations
 
-import itertools
+import zlib
 
 import torch
 import torch.distributed as dist
@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fp4dist.parallel import comm
-from fp4dist.parallel.nvfp4_function import NVFP4LinearConfig, NVFP4LinearFunction
+from fp4dist.parallel.nvfp4_function import NVFP4LinearConfig, nvfp4_linear
 from fp4dist.recipe import HighPrecisionRecipe, NVFP4Recipe
 
-_layer_ids = itertools.count()
+MAX_MICROBATCHES = 1 << 16  #: SR offset = step * MAX_MICROBATCHES + microbatch
 
 
 def _group_size_rank(group) -> tuple[int, int]:
@@ -51,8 +51,11 @@ class _ParallelLinear(nn.Module):
         if tp_group is None and self.tp_size > 1:
             tp_group = dist.group.WORLD  # None means the default group, as in torch.distributed; name it
         self.sequence_parallel, self.recipe, self.tp_group = sequence_parallel, recipe, tp_group
-        self.layer_id = next(_layer_ids)
-        self.rng_step = 0
+        # the SR offset of dY's quantization, read on the device (see set_rng_step); until set_rng_step is
+        # called, each training forward advances it by one
+        self.register_buffer("rng_offset", torch.zeros(1, dtype=torch.int64), persistent=False)
+        self.rng_auto_advance = True
+        self.set_rng_name("")
 
     def _mark_sharded(self, *params) -> None:
         """``param.tensor_parallel = True``: each rank holds a different shard (grad norms sum over ranks)."""
@@ -80,8 +83,8 @@ class _ParallelLinear(nn.Module):
                              f" (in_features={self.in_features}, tp size {self.tp_size})")
 
     def _check_sequence(self, x: torch.Tensor, sharded_input: bool) -> None:
-        if not self.quantized:
-            return
+        if not self.quantized or not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+            return  # only the transposed (wgrad) layout needs 16-row blocks
         rows = x.numel() // x.shape[-1]
         if rows % 16:
             where = "per-rank sequence shard" if sharded_input and self.sequence_parallel else "input"
@@ -89,19 +92,29 @@ class _ParallelLinear(nn.Module):
                              f"(prod of leading dims); NVFP4 quantizes it in 16-row blocks for wgrad, so the "
                              f"sequence length must split into multiples of 16 rows per rank")
 
-    def _config(self, sp_group) -> NVFP4LinearConfig:
-        r = self.recipe
-        stream = (self.layer_id << 16) | self.tp_rank
-        return NVFP4LinearConfig(r.input_quantizer(amax_group=sp_group), r.weight_quantizer(), r.grad_quantizer(stream),
-                                 rng_step=self.rng_step, sp_group=sp_group)
+    def set_rng_name(self, name: str) -> None:
+        """Give the layer its stable identity (its fully-qualified name in the model): its SR seed is a hash
+        of the recipe seed, this name and the TP rank, so the same model draws the same numbers whatever
+        else the process built."""
+        self.rng_name = name
+        self._nvfp4_configs = {}
+        if self.quantized:  # built here, not while torch.compile traces the forward
+            r, stream = self.recipe, zlib.crc32(f"{name}/tp{self.tp_rank}".encode())
+            for sp in (False, True):
+                sp_group = self.tp_group if sp else None
+                self._nvfp4_configs[sp] = NVFP4LinearConfig(r.input_quantizer(amax_group=sp_group),
+                                                            r.weight_quantizer(), r.grad_quantizer(stream),
+                                                            sp_group=sp_group)
 
-    def _matmul(self, x: torch.Tensor, sp_group=None) -> torch.Tensor:
+    def _config(self, sp: bool) -> NVFP4LinearConfig:
+        return self._nvfp4_configs[sp]
+
+    def _matmul(self, x: torch.Tensor, sp: bool = False) -> torch.Tensor:
         if not self.quantized:
             return F.linear(x, self.weight.to(x.dtype))
-        cfg = self._config(sp_group)
-        if self.training and torch.is_grad_enabled():
-            self.rng_step += 1
-        return NVFP4LinearFunction.apply(x, self.weight, cfg)
+        if self.rng_auto_advance and self.training and torch.is_grad_enabled():
+            self.rng_offset.add_(1)
+        return nvfp4_linear(x, self.weight, self.rng_offset, self._config(sp))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, tp={self.tp_size}, "
@@ -131,7 +144,7 @@ class ColumnParallelLinear(_ParallelLinear):
         self._check_sequence(x, sharded_input=True)
         sp = self.sequence_parallel and self.tp_size > 1
         if self.quantized and sp:
-            y = self._matmul(x, sp_group=self.tp_group)  # NVFP4 gather inside
+            y = self._matmul(x, sp=True)  # NVFP4 gather inside
         else:
             x = comm.gather_seq_from_sp(x, self.tp_group) if sp else comm.copy_to_tp(x, self.tp_group)
             y = self._matmul(x)
@@ -180,13 +193,31 @@ class RowParallelLinear(_ParallelLinear):
         return y
 
 
-def set_rng_step(module: nn.Module, step: int) -> None:
-    """Make every NVFP4 layer in ``module`` draw its SR numbers for training step ``step``.
+def set_rng_step(module: nn.Module, step: int, microbatch: int = 0) -> None:
+    """Make every NVFP4 layer in ``module`` draw its SR numbers for (``step``, ``microbatch``).
 
-    Layers also advance their own counter once per training forward; a training loop that resumes
-    from a checkpoint calls this each step so that the draws follow the step, not the process.
+    The offset ``step * 2^16 + microbatch`` goes into each layer's device buffer (no host sync; a compiled
+    or CUDA-graph-captured step reads it there), and the layers stop advancing it themselves. A training
+    loop calls this each step (and microbatch) so that the draws follow the step, not the process.
     """
-    for m in module.modules():
-        if isinstance(m, _ParallelLinear):
-            m.rng_step = step
+    if not 0 <= microbatch < MAX_MICROBATCHES:
+        raise ValueError(f"microbatch must be in [0, {MAX_MICROBATCHES}), got {microbatch}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    layers = [m for m in module.modules() if isinstance(m, _ParallelLinear)]
+    if not layers:
+        return
+    first, rest = layers[0].rng_offset, [m.rng_offset for m in layers[1:]]
+    first.fill_(step * MAX_MICROBATCHES + microbatch)
+    if rest:  # one launch for all the others, not one per layer
+        torch._foreach_copy_(rest, [first] * len(rest))
+    for m in layers:
+        m.rng_auto_advance = False
 
+
+def name_rng_streams(model: nn.Module, prefix: str = "") -> nn.Module:
+    """Name every NVFP4 layer of ``model`` by its fully-qualified name (see ``set_rng_name``); returns model."""
+    for name, m in model.named_modules(prefix=prefix):
+        if isinstance(m, _ParallelLinear):
+            m.set_rng_name(name)
+    return model

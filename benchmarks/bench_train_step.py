@@ -1,0 +1,209 @@
+"""One training step of fp4dist's GPT on one GPU, bf16 vs NVFP4, eager / compiled / CUDA-graph.
+
+    python benchmarks/bench_train_step.py                         # the four model sizes, every mode
+    python benchmarks/bench_train_step.py --models 102M --modes eager graph
+    python benchmarks/bench_train_step.py --d-model 1024 --layers 8 --seq 512 --batch 16   # any model
+    python benchmarks/bench_train_step.py --device cpu --models tiny --modes eager compile --iters 2
+
+A step is forward, cross-entropy, backward, grad-norm clipping and a fused AdamW update, at TP=1, with
+bf16 activations on a GPU (fp32 on a CPU). Per (model, recipe, mode) it reports: the median step time
+(CUDA events around each step, so launch gaps count), the GPU-kernel time of one step and its kernel
+count (torch.profiler; memsets count as kernels), the host syncs of one eager step
+(torch.cuda.set_sync_debug_mode), and peak memory. Separately it counts the kernels of one NVFP4 linear,
+forward + backward, at the model's MLP shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from fp4dist import HighPrecisionRecipe, NVFP4Recipe
+from fp4dist.graphs import CapturedStep
+from fp4dist.model import GPT, GPTConfig
+from fp4dist.parallel import ColumnParallelLinear, clip_grad_norm_, set_rng_step
+
+# name: (d_model, layers, heads, seq, batch)
+MODELS = {
+    "tiny": (128, 2, 4, 128, 4),
+    "25.7M": (512, 8, 8, 512, 16),
+    "102M": (1024, 8, 16, 512, 16),
+    "406M": (2048, 8, 16, 1024, 8),
+    "816M": (4096, 4, 32, 2048, 4),
+}
+MODES = ("eager", "compile", "graph", "compile+graph")
+
+
+class Step:
+    """The training step as a function of (tokens, targets) -> (loss, grad_norm), no host sync."""
+
+    def __init__(self, cfg: GPTConfig, recipe, device, dtype, compiled: bool):
+        self.model = GPT(cfg, recipe, compute_dtype=dtype).to(device)
+        self.forward = torch.compile(self.model) if compiled else self.model
+        fused = device.type == "cuda"
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=fused, capturable=fused)
+        self.vocab = cfg.vocab_size
+
+    def __call__(self, x, y):
+        logits = self.forward(x)
+        loss = F.cross_entropy(logits.reshape(-1, self.vocab), y.reshape(-1))
+        loss.backward()
+        norm = clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        return loss.detach(), norm
+
+
+def profile(fn, device) -> tuple[int, float]:
+    """(kernels incl. memsets, their summed GPU ms) of one call of fn."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    if device.type != "cuda":
+        return 0, 0.0
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(events), sum(e.device_time for e in events) / 1e3
+
+
+def host_syncs(fn) -> int:
+    """Host syncs of one call of fn, as torch.cuda.set_sync_debug_mode sees them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def median_step_ms(run, device, iters: int) -> float:
+    times = []
+    for i in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(i)
+            end.record()
+            end.synchronize() if i == iters - 1 else None
+            times.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            run(i)
+            times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return statistics.median(s.elapsed_time(e) for s, e in times)
+    return statistics.median(times) * 1e3
+
+
+def bench(name, dims, recipe_name, mode, device, iters):
+    d, layers, heads, seq, batch = dims
+    cfg = GPTConfig(vocab_size=256, seq_len=seq, d_model=d, n_layers=layers, n_heads=heads, ffn_mult=4)
+    recipe = NVFP4Recipe() if recipe_name == "nvfp4" else HighPrecisionRecipe()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    step = Step(cfg, recipe, device, dtype, compiled=mode.startswith("compile"))
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randint(0, 256, (batch, seq), generator=gen).to(device)
+    y = torch.randint(0, 256, (batch, seq), generator=gen).to(device)
+    t_setup = time.perf_counter()
+    for i in range(3):  # warm-up (compiles, builds the kernels, creates cuBLAS handles)
+        set_rng_step(step.model, i)
+        step.opt.zero_grad(set_to_none=True)
+        step(x, y)
+    syncs = host_syncs(lambda: (step.opt.zero_grad(set_to_none=True), step(x, y))) if device.type == "cuda" else 0
+    if mode.endswith("graph"):
+        if device.type != "cuda":
+            raise SystemExit("graph modes need a GPU")
+        captured = CapturedStep(step, x, y, optimizer=step.opt)
+
+        def run(i):
+            set_rng_step(step.model, 10 + i)
+            captured(x, y)
+    else:
+        def run(i):
+            set_rng_step(step.model, 10 + i)
+            step.opt.zero_grad(set_to_none=True)
+            step(x, y)
+    setup_s = time.perf_counter() - t_setup
+    ms = median_step_ms(run, device, iters)
+    kernels, kernel_ms = profile(lambda: run(0), device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    params = sum(p.numel() for p in step.model.parameters())
+    return dict(model=name, params_m=round(params / 1e6, 1), recipe=recipe_name, mode=mode, step_ms=round(ms, 2),
+                kernel_ms=round(kernel_ms, 2), kernels=kernels, host_syncs=syncs, peak_gib=round(peak, 2),
+                setup_s=round(setup_s, 1))
+
+
+def linear_kernels(d: int, tokens: int, device) -> int:
+    """Kernels of one NVFP4 linear [d -> 4d], forward + backward, with tokens rows."""
+    layer = ColumnParallelLinear(d, 4 * d, bias=False, recipe=NVFP4Recipe()).to(device)
+    set_rng_step(layer, 1)
+    x = torch.randn(tokens, d, device=device, dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(tokens, 4 * d, device=device, dtype=torch.bfloat16)
+    for _ in range(2):
+        layer(x).backward(dy)
+    return profile(lambda: layer(x).backward(dy), device)[0]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["25.7M", "102M", "406M", "816M"], choices=list(MODELS))
+    ap.add_argument("--d-model", type=int)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--recipes", nargs="+", default=["bf16", "nvfp4"], choices=["bf16", "nvfp4"])
+    ap.add_argument("--iters", type=int, default=12)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", help="append one JSON line per result to this file")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    models = {m: MODELS[m] for m in args.models}
+    if args.d_model:
+        models = {f"d{args.d_model}xL{args.layers}": (args.d_model, args.layers, args.heads, args.seq, args.batch)}
+    rows = []
+    for name, dims in models.items():
+        if device.type == "cuda" and "nvfp4" in args.recipes:
+            per_linear = linear_kernels(dims[0], dims[3] * dims[4], device)
+            print(f"{name}: kernels per NVFP4 linear (fwd+bwd, {dims[0]} -> {4 * dims[0]}): {per_linear}", flush=True)
+        for recipe in args.recipes:
+            for mode in args.modes:
+                try:
+                    r = bench(name, dims, recipe, mode, device, args.iters)
+                except Exception as e:  # noqa: BLE001 - report the failure in the table and go on
+                    r = dict(model=name, recipe=recipe, mode=mode, error=f"{type(e).__name__}: {str(e)[:200]}")
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+    print("\n| model | recipe | mode | step ms | kernel ms | kernels | host syncs | peak GiB | vs bf16 best |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['recipe']} | {r['mode']} | {r['error']} |")
+            continue
+        best = min((q["step_ms"] for q in rows if q["model"] == r["model"] and q["recipe"] == "bf16"
+                    and "error" not in q), default=None)
+        ratio = f"{r['step_ms'] / best:.2f}x" if best else "-"
+        print(f"| {r['model']} ({r['params_m']}M) | {r['recipe']} | {r['mode']} | {r['step_ms']} | {r['kernel_ms']} | "
+              f"{r['kernels']} | {r['host_syncs']} | {r['peak_gib']} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

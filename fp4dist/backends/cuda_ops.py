@@ -1,0 +1,152 @@
+"""The CUDA backend as ``torch.ops.fp4dist.*`` custom ops: what torch.compile traces and CUDA graphs capture.
+
+Each op wraps one launcher of :mod:`fp4dist.backends.cuda` (one kernel launch, no host sync) and has a fake
+(meta) implementation giving its outputs' shapes and dtypes, so dynamo traces through an NVFP4 linear
+without graph breaks. The module-level functions below are the :class:`fp4dist.backends.Backend` interface.
+
+| op                           | inputs                                   | outputs                              |
+| fp4dist::amax                | x [m, n] bf16/fp16/fp32                  | fp32 [2]                             |
+| fp4dist::cast                | x, amax fp32 [2], rng_offset int64 [1]   | writes the four layout tensors       |
+| fp4dist::dequantize          | codes uint8 [r, k/2], scales [r, k/16]   | [r, k] in out_dtype                  |
+| fp4dist::decode_operands     | two (codes, scales), two amaxes          | A, B (out_dtype), alpha, shift fp32  |
+| fp4dist::gemm                | A [M, K], B [N, K], alpha fp32 [1]       | [M, N] in out_dtype                  |
+| fp4dist::swap_first_dims     | t [a, b, ...]                            | [b, a, ...]                          |
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fp4dist.backends import cuda
+
+_U64 = 1 << 64
+
+
+def _signed64(v: int) -> int:
+    """A uint64 (seed) as the int64 a custom op's ``int`` argument can carry."""
+    v &= _U64 - 1
+    return v - _U64 if v >= 1 << 63 else v
+
+
+def _decoded_rows(data: torch.Tensor) -> int:
+    return data.shape[0] * data.shape[1] if data.dim() == 3 else data.shape[0]
+
+
+@torch.library.custom_op("fp4dist::amax", mutates_args=(), device_types="cuda")
+def _amax(x2d: torch.Tensor, rht: bool) -> torch.Tensor:
+    return cuda.compute_amax(x2d, rht=rht)
+
+
+@_amax.register_fake
+def _(x2d, rht):
+    return x2d.new_empty(2, dtype=torch.float32)
+
+
+@torch.library.custom_op("fp4dist::cast",
+                         mutates_args=("rowwise_data", "rowwise_scale", "columnwise_data", "columnwise_scale"),
+                         device_types="cuda")
+def _cast(x2d: torch.Tensor, amax: torch.Tensor, rng_offset: torch.Tensor | None, rowwise_data: torch.Tensor,
+          rowwise_scale: torch.Tensor, columnwise_data: torch.Tensor, columnwise_scale: torch.Tensor,
+          rowwise: bool, columnwise: bool, block_2d: bool, rht: bool, stochastic_rounding: bool, seed: int,
+          rng_offset_int: int, row_offset: int) -> None:
+    cuda.cast(x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht,
+              stochastic_rounding=stochastic_rounding, seed=seed % _U64,
+              rng_offset=rng_offset if rng_offset is not None else rng_offset_int, row_offset=row_offset,
+              out=(rowwise_data if rowwise else None, rowwise_scale if rowwise else None,
+                   columnwise_data if columnwise else None, columnwise_scale if columnwise else None))
+
+
+@_cast.register_fake
+def _(x2d, amax, rng_offset, rowwise_data, rowwise_scale, columnwise_data, columnwise_scale, rowwise, columnwise,
+      block_2d, rht, stochastic_rounding, seed, rng_offset_int, row_offset):
+    return None
+
+
+@torch.library.custom_op("fp4dist::dequantize", mutates_args=(), device_types="cuda")
+def _dequantize(data: torch.Tensor, scale_inv: torch.Tensor, amax: torch.Tensor | None,
+                out_dtype: torch.dtype) -> torch.Tensor:
+    return cuda.dequantize(data, scale_inv, None, out_dtype, amax=amax)
+
+
+@_dequantize.register_fake
+def _(data, scale_inv, amax, out_dtype):
+    return data.new_empty((_decoded_rows(data), 2 * data.shape[-1]), dtype=out_dtype)
+
+
+@torch.library.custom_op("fp4dist::decode_operands", mutates_args=(), device_types="cuda")
+def _decode_operands(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor, b_scale: torch.Tensor,
+                     amax_a: torch.Tensor, amax_b: torch.Tensor, out_dtype: torch.dtype
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return cuda.decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype)
+
+
+@_decode_operands.register_fake
+def _(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype):
+    a = a_data.new_empty((_decoded_rows(a_data), 2 * a_data.shape[-1]), dtype=out_dtype)
+    b = b_data.new_empty((_decoded_rows(b_data), 2 * b_data.shape[-1]), dtype=out_dtype)
+    return a, b, a_data.new_empty((), dtype=torch.float32), a_data.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("fp4dist::gemm", mutates_args=(), device_types="cuda")
+def _gemm(a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    return cuda.gemm_alpha(a_op, b_op, alpha, out_dtype)
+
+
+@_gemm.register_fake
+def _(a_op, b_op, alpha, out_dtype):
+    return a_op.new_empty((a_op.shape[0], b_op.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("fp4dist::swap_first_dims", mutates_args=(), device_types="cuda")
+def _swap_first_dims(t: torch.Tensor) -> torch.Tensor:
+    return cuda.swap_first_dims(t)
+
+
+@_swap_first_dims.register_fake
+def _(t):
+    return t.new_empty((t.shape[1], t.shape[0], *t.shape[2:]))
+
+
+# ------------------------------------------------------------------ the Backend interface
+
+def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
+    return torch.ops.fp4dist.amax(x2d, rht)
+
+
+def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool, rht: bool,
+         stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int, out=None):
+    """As :meth:`Backend.cast`; ``out`` may hold preallocated (rowwise_data, rowwise_scale_inv,
+    columnwise_data, columnwise_scale_inv), None where not requested (e.g. views of one gather buffer)."""
+    m, n = x2d.shape
+    rd, rs, cd, cs = tuple(out) if out is not None else (None,) * 4
+    new = lambda shape, dtype: torch.empty(shape, dtype=dtype, device=x2d.device)
+    empty = new((0,), torch.uint8)
+    if rowwise:
+        rd = rd if rd is not None else new((m, n // 2), torch.uint8)
+        rs = rs if rs is not None else new((m, n // 16), torch.float8_e4m3fn)
+    if columnwise:
+        cd = cd if cd is not None else new((n, m // 2), torch.uint8)
+        cs = cs if cs is not None else new((n, m // 16), torch.float8_e4m3fn)
+    offset_t = rng_offset if isinstance(rng_offset, torch.Tensor) else None
+    offset_i = 0 if offset_t is not None else int(rng_offset)
+    torch.ops.fp4dist.cast(x2d, amax, offset_t, rd if rowwise else empty, rs if rowwise else empty,
+                           cd if columnwise else empty, cs if columnwise else empty, rowwise, columnwise, block_2d,
+                           rht, stochastic_rounding, _signed64(seed), _signed64(offset_i), row_offset)
+    return (rd if rowwise else None, rs if rowwise else None, cd if columnwise else None,
+            cs if columnwise else None)
+
+
+def dequantize(data, scale_inv, amax, out_dtype):
+    return torch.ops.fp4dist.dequantize(data, scale_inv, amax, out_dtype)
+
+
+def decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype):
+    return torch.ops.fp4dist.decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype)
+
+
+def gemm(a_op, b_op, alpha, out_dtype):
+    return torch.ops.fp4dist.gemm(a_op, b_op, alpha, out_dtype)
+
+
+def swap_first_dims(t):
+    return torch.ops.fp4dist.swap_first_dims(t)

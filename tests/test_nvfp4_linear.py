@@ -1,0 +1,150 @@
+"""The NVFP4 linear as torch sees it: autograd, torch.compile, SR streams, eval layouts, autocast, errors."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import random_tensor
+from fp4dist import NVFP4Quantizer, NVFP4Recipe, nvfp4_gemm
+from fp4dist import format as fmt
+from fp4dist.model import GPT, GPTConfig
+from fp4dist.parallel import ColumnParallelLinear, set_rng_step
+
+RECIPE = NVFP4Recipe(backend="reference")
+CFG = GPTConfig(vocab_size=64, seq_len=32, d_model=32, n_layers=1, n_heads=2, ffn_mult=2, seed=5)
+
+
+def gpt_step(model, tokens):
+    logits = model(tokens[:, :-1])
+    loss = F.cross_entropy(logits.reshape(-1, CFG.vocab_size), tokens[:, 1:].reshape(-1))
+    loss.backward()
+    return loss.detach()
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_compiled_gpt_fullgraph_equals_eager_bitwise(gen):
+    """torch.compile(fullgraph=True) traces the whole NVFP4 GPT (reference backend, SR on) without a graph
+    break; aot_eager runs the traced aten ops, so loss and every gradient keep eager's bits, step after step
+    (the SR offset is a device buffer: a new step needs no retrace)."""
+    torch._dynamo.reset()
+    eager = GPT(CFG, RECIPE)
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    tokens = torch.randint(0, CFG.vocab_size, (2, CFG.seq_len + 1), generator=gen)
+    for step in (3, 4):
+        set_rng_step(eager, step), set_rng_step(compiled_model, step)
+        for m in (eager, compiled_model):
+            m.zero_grad(set_to_none=True)
+        assert torch.equal(gpt_step(eager, tokens), gpt_step(compiled, tokens))
+        g_eager, g_compiled = grads(eager), grads(compiled_model)
+        for name in g_eager:
+            assert torch.equal(g_eager[name], g_compiled[name]), f"step {step}: grad of {name} differs"
+
+
+def test_sr_draws_follow_the_layer_name_not_construction_order(gen):
+    """Two identical models draw identical SR numbers whatever was built before; microbatches and steps
+    draw distinct ones."""
+    tokens = torch.randint(0, CFG.vocab_size, (2, CFG.seq_len + 1), generator=gen)
+    a = GPT(CFG, RECIPE)
+    ColumnParallelLinear(32, 64, recipe=RECIPE)  # a layer built in between must change nothing
+    b = GPT(CFG, RECIPE)
+    results = {}
+    for model, key in ((a, "a"), (b, "b")):
+        for step, micro in ((7, 0), (7, 1), (8, 0)):
+            model.zero_grad(set_to_none=True)
+            set_rng_step(model, step, micro)
+            gpt_step(model, tokens)
+            results[key, step, micro] = model.blocks[0].mlp.up.weight.grad.clone()
+    for k in ((7, 0), (7, 1), (8, 0)):
+        assert torch.equal(results[("a", *k)], results[("b", *k)]), k
+    assert not torch.equal(results["a", 7, 0], results["a", 7, 1])
+    assert not torch.equal(results["a", 7, 0], results["a", 8, 0])
+    with pytest.raises(ValueError, match="microbatch must be in"):
+        set_rng_step(a, 1, microbatch=1 << 16)
+
+
+def test_backward_twice_with_retain_graph_and_without(gen):
+    layer = ColumnParallelLinear(32, 64, recipe=RECIPE)
+    set_rng_step(layer, 1)
+    x = random_tensor((32, 32), gen).requires_grad_()
+    y = layer(x)
+    dy = torch.randn(32, 64, generator=gen)
+    y.backward(dy, retain_graph=True)
+    first = layer.weight.grad.clone()
+    y.backward(dy)
+    assert torch.equal(layer.weight.grad, 2 * first)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.backward(dy)
+
+
+def test_eval_quantizes_rowwise_only_so_any_row_count_works(gen):
+    layer = ColumnParallelLinear(32, 64, recipe=RECIPE).eval()
+    x = random_tensor((3, 5, 32), gen)  # 15 rows: no 16-row block for a transposed layout
+    with torch.no_grad():
+        y = layer(x)
+    xq = NVFP4Quantizer(columnwise=False, backend="reference").quantize(x)
+    wq = NVFP4Quantizer(columnwise=False, block_2d=True, backend="reference").quantize(layer.weight)
+    assert torch.equal(y, nvfp4_gemm(xq, wq).reshape(3, 5, 64) + layer.bias)
+
+
+def test_autocast_keeps_the_nvfp4_gemm_precision(gen):
+    """Under CPU bf16 autocast the input is cast to bf16 (as torch's linear would), and the NVFP4 GEMM still
+    accumulates the decoded operands in fp32: the result equals the same call on the bf16 input without
+    autocast, bit for bit."""
+    layer = ColumnParallelLinear(32, 64, bias=False, recipe=RECIPE)
+    x = random_tensor((32, 32), gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, layer(x.to(torch.bfloat16)))
+
+
+def test_quantizer_outputs_carry_no_autograd_graph(gen):
+    x = random_tensor((32, 32), gen).requires_grad_()
+    t = NVFP4Quantizer(backend="reference").quantize(x * 2)
+    for name, c in t.component_tensors().items():
+        assert c.grad_fn is None and not c.requires_grad, name
+
+
+def test_gemm_rejects_plain_tensors_and_mixed_rht(gen):
+    x = random_tensor((32, 32), gen)
+    q_rht = NVFP4Quantizer(rht=True, backend="reference").quantize(x)
+    q_plain = NVFP4Quantizer(backend="reference").quantize(x)
+    with pytest.raises(TypeError, match="argument b must be an NVFP4Tensor"):
+        nvfp4_gemm(q_plain, x)
+    with pytest.raises(ValueError, match="RHT-transformed and the other's is not"):
+        nvfp4_gemm(q_rht, q_plain, a_columnwise=True, b_columnwise=True)
+    nvfp4_gemm(q_rht, q_rht, a_columnwise=True, b_columnwise=True)  # both transformed: fine
+
+
+def test_gemm_alpha_overflow_keeps_zero_rows_zero(gen):
+    """Two fp32 operands with amax near 1e38: S_dec(a) S_dec(b) overflows fp32. Zero rows of A still give 0
+    (not 0 * inf = NaN); every other product is truly beyond fp32 (NVFP4 keeps ~6 decades below amax, so
+    each nonzero term is >= 1e60) and comes out as inf."""
+    a = random_tensor((32, 64), gen)
+    a = a / a.abs().max() * 1e38
+    a[:16] = 0.0
+    b = torch.randn(16, 64, generator=gen) * 1e37
+    b[0, 0] = 3e38
+    qa = NVFP4Quantizer(columnwise=False, backend="reference").quantize(a)
+    qb = NVFP4Quantizer(columnwise=False, backend="reference").quantize(b)
+    assert torch.isinf(fmt.global_decode_scale(qa.amax_rowwise) * fmt.global_decode_scale(qb.amax_rowwise))
+    c = nvfp4_gemm(qa, qb, out_dtype=torch.float32)
+    assert not torch.isnan(c).any()
+    assert torch.equal(c[:16], torch.zeros(16, 16))
+    expected = qa.dequantize(torch.float32).double() @ qb.dequantize(torch.float32).double().t()
+    big = expected.abs() > 3.5e38
+    assert big[16:].all()
+    assert torch.isinf(c[big]).all()  # (its sign is that of the first partial sum to overflow)
+
+
+def test_gemm_alpha_is_the_plain_product_when_it_fits(gen):
+    amax = torch.rand(2, generator=gen) * 100 + 1e-3
+    alpha, shift = fmt.gemm_alpha(amax[0], amax[1])
+    assert shift.item() == 1.0
+    assert torch.equal(alpha, fmt.global_decode_scale(amax[0]) * fmt.global_decode_scale(amax[1]))
