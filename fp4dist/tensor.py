@@ -90,7 +90,7 @@ class NVFP4Tensor:
                              (self.rowwise_data, self.rowwise_scale_inv, self.amax_rowwise))
         if data is None:
             raise ValueError(f"this NVFP4Tensor has no {'columnwise' if columnwise else 'rowwise'} layout")
-        return self._backend().dequantize(data, scale, amax if global_scale else None, dtype or self.dtype)
+        return self._backend().dequantize(data, scale, None, dtype or self.dtype, amax=amax if global_scale else None)
 
     def dequantize(self, dtype: torch.dtype | None = None, *, columnwise: bool | None = None) -> torch.Tensor:
         """The logical tensor (``self.shape``, ``dtype`` default the original dtype) from one layout.

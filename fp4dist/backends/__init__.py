@@ -32,9 +32,10 @@ class Backend(Protocol):
         ``amax`` is compute_amax's fp32 [2] (possibly MAX-reduced over a group in between); ``rng_offset`` an
         int or an int64 tensor of one element on x's device (read there: no host sync)."""
 
-    def dequantize(self, data: torch.Tensor, scale_inv: torch.Tensor, amax: torch.Tensor | None,
-                   out_dtype: torch.dtype) -> torch.Tensor:
-        """[rows, 2 * data.shape[1]]: e2m1(code) * float(scale) * S_dec(amax) (no S_dec when amax is None)."""
+    def dequantize(self, data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
+                   out_dtype: torch.dtype, *, amax: torch.Tensor | None = None) -> torch.Tensor:
+        """[rows, 2 * row_bytes]: e2m1(code) * float(scale) * d, d = decode_scale, or S_dec(amax) computed where
+        the data lives (decode_scale None), or 1 (both None). data [rows, row_bytes] or [G, R, row_bytes]."""
 
     def decode_operands(self, a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype):
         """(A, B, alpha, shift): both GEMM operands decoded without their global scale (exact in bf16), A

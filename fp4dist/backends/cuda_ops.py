@@ -108,8 +108,12 @@ def _(t):
 
 
 # ------------------------------------------------------------------ the Backend interface
+# Outside torch.compile the launchers are called directly: the custom-op dispatch costs more host time than
+# the small kernels it launches, and an eager step (or one being captured in a CUDA graph) needs no tracing.
 
 def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
+    if not torch.compiler.is_compiling():
+        return cuda.compute_amax(x2d, rht=rht)
     return torch.ops.fp4dist.amax(x2d, rht)
 
 
@@ -117,6 +121,10 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
          stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int, out=None):
     """As :meth:`Backend.cast`; ``out`` may hold preallocated (rowwise_data, rowwise_scale_inv,
     columnwise_data, columnwise_scale_inv), None where not requested (e.g. views of one gather buffer)."""
+    if not torch.compiler.is_compiling():
+        return cuda.cast(x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht,
+                         stochastic_rounding=stochastic_rounding, seed=seed, rng_offset=rng_offset,
+                         row_offset=row_offset, out=out)
     m, n = x2d.shape
     rd, rs, cd, cs = tuple(out) if out is not None else (None,) * 4
     new = lambda shape, dtype: torch.empty(shape, dtype=dtype, device=x2d.device)
@@ -136,17 +144,27 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
             cs if columnwise else None)
 
 
-def dequantize(data, scale_inv, amax, out_dtype):
+def dequantize(data, scale_inv, decode_scale, out_dtype, *, amax=None):
+    if decode_scale is not None:  # an explicit decode scale: the plain launcher (not traced as an op)
+        return cuda.dequantize(data, scale_inv, decode_scale, out_dtype)
+    if not torch.compiler.is_compiling():
+        return cuda.dequantize(data, scale_inv, None, out_dtype, amax=amax)
     return torch.ops.fp4dist.dequantize(data, scale_inv, amax, out_dtype)
 
 
 def decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype):
+    if not torch.compiler.is_compiling():
+        return cuda.decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype)
     return torch.ops.fp4dist.decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype)
 
 
 def gemm(a_op, b_op, alpha, out_dtype):
+    if not torch.compiler.is_compiling():
+        return cuda.gemm_alpha(a_op, b_op, alpha, out_dtype)
     return torch.ops.fp4dist.gemm(a_op, b_op, alpha, out_dtype)
 
 
 def swap_first_dims(t):
+    if not torch.compiler.is_compiling():
+        return cuda.swap_first_dims(t)
     return torch.ops.fp4dist.swap_first_dims(t)

@@ -80,13 +80,17 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
     return (*row_out, *col_out)
 
 
-def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, amax: torch.Tensor | None,
-               out_dtype: torch.dtype) -> torch.Tensor:
+def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
+               out_dtype: torch.dtype, *, amax: torch.Tensor | None = None) -> torch.Tensor:
+    if data.dim() == 3:  # [G, R, row_bytes] slices of a gathered buffer
+        data = data.reshape(-1, data.shape[-1])
     rows, half = data.shape
     values = fmt.e2m1_to_float(fmt.unpack_fp4(data)).reshape(rows, half * 2 // 16, 16)
-    out = values * scale_inv.float().unsqueeze(-1)
+    out = values * scale_inv.float().reshape(rows, half * 2 // 16).unsqueeze(-1)
     if amax is not None:
-        out = out * fmt.global_decode_scale(amax)
+        decode_scale = fmt.global_decode_scale(amax)
+    if decode_scale is not None:
+        out = out * decode_scale.float()
     return out.reshape(rows, half * 2).to(out_dtype)
 
 
