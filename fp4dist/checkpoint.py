@@ -161,8 +161,9 @@ class _Verdict:
     world_size: int | None = None  # set when the checkpoint was written by another world size
 
 
-def _check(directory: Path, step: int, rank: int, world: int, run_id: str | None,
-           map_location) -> tuple[_Verdict, dict | None]:
+def _check_file(directory: Path, step: int, rank: int, world: int, run_id: str | None,
+                keep: bool) -> tuple[_Verdict, bytes | None]:
+    """The manifest's checks of one rank's file; with ``keep`` its bytes (read once, for loading)."""
     manifest = read_manifest(directory)
     if manifest is None:
         return _Verdict(f"{directory / MANIFEST} is missing or unreadable"), None
@@ -176,21 +177,65 @@ def _check(directory: Path, step: int, rank: int, world: int, run_id: str | None
     path = directory / rank_file(rank)
     expected = manifest.get("files", {}).get(rank_file(rank), {})
     try:
-        data = path.read_bytes()
+        data = path.read_bytes() if keep else None
+        size, digest = (len(data), hashlib.sha256(data).hexdigest()) if keep else (path.stat().st_size, sha256_file(path))
     except OSError as e:
         return _Verdict(f"{path} cannot be read ({e.strerror or e})"), None
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != expected.get("bytes") or digest != expected.get("sha256"):
-        return _Verdict(f"{path} is corrupt: {len(data)} bytes with sha256 {digest[:16]}..., the manifest says "
+    if size != expected.get("bytes") or digest != expected.get("sha256"):
+        return _Verdict(f"{path} is corrupt: {size} bytes with sha256 {digest[:16]}..., the manifest says "
                         f"{expected.get('bytes')} bytes with sha256 {str(expected.get('sha256'))[:16]}..."), None
+    return _Verdict(), data
+
+
+def _load(directory: Path, step: int, rank: int, world: int, run_id: str | None,
+          map_location) -> tuple[_Verdict, dict | None]:
+    verdict, data = _check_file(directory, step, rank, world, run_id, keep=True)
+    if verdict.problem:
+        return verdict, None
     try:
         blob = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle makes the file unusable
-        return _Verdict(f"{path} matches its checksum but does not load ({type(e).__name__}: {e})"), None
+        return _Verdict(f"{directory / rank_file(rank)} matches its checksum but does not load "
+                        f"({type(e).__name__}: {e})"), None
     if blob.get("step") != step or blob.get("world_size") != world:
-        return _Verdict(f"{path} holds step {blob.get('step')} of {blob.get('world_size')} ranks, "
-                        f"expected step {step} of {world}"), None
+        return _Verdict(f"{directory / rank_file(rank)} holds step {blob.get('step')} of {blob.get('world_size')} "
+                        f"ranks, expected step {step} of {world}"), None
     return _Verdict(), blob["state"]
+
+
+def _no_usable_checkpoint(root: Path, skipped: list, world: int) -> CheckpointError:
+    """The refusal when every checkpoint was skipped: (step, problems, world sizes found) each."""
+    worlds = set().union(*(w for _, _, w in skipped))
+    detail = "; ".join(f"step {s}: {p[0]}" + (f" (and {len(p) - 1} more)" if len(p) > 1 else "")
+                       for s, p, _ in skipped)
+    if all(w for _, _, w in skipped):
+        return CheckpointError(
+            f"every checkpoint in {root} was written by {'/'.join(map(str, sorted(worlds)))} ranks and this job has "
+            f"{world}: resume it with that many processes (NPROC={min(worlds)}), or start a new run in another "
+            f"output_dir (or overwrite=true, which deletes them). Nothing was changed. ({detail})")
+    return CheckpointError(
+        f"no checkpoint in {root} is usable ({detail}). Nothing was changed. Restore them, start a new run in "
+        f"another output_dir, or pass overwrite=true to delete them and start afresh.")
+
+
+def _problems(verdicts: list[_Verdict]) -> tuple[list[str], set[int]]:
+    return [v.problem for v in verdicts if v.problem], {v.world_size for v in verdicts if v.world_size is not None}
+
+
+def find_resumable(directory: str | Path, world: int, run_id: str | None = None) -> int | None:
+    """The step :func:`load_latest` would take in a job of ``world`` ranks, from the manifests and
+    checksums of every rank's file (nothing is unpickled; one process checks all): a check before
+    the job starts. None where there is no complete checkpoint; CheckpointError as load_latest."""
+    root, skipped = Path(directory), []
+    for step in reversed(complete_steps(root)):
+        verdicts = [_check_file(step_dir(root, step), step, r, world, run_id, keep=False)[0] for r in range(world)]
+        problems, worlds = _problems(verdicts)
+        if not problems:
+            return step
+        skipped.append((step, problems, worlds))
+    if skipped:
+        raise _no_usable_checkpoint(root, skipped, world)
+    return None
 
 
 def load_latest(directory: str | Path, map_location=None, run_id: str | None = None) -> tuple[dict, int] | None:
@@ -207,26 +252,15 @@ def load_latest(directory: str | Path, map_location=None, run_id: str | None = N
             log.warning("ignoring incomplete checkpoint %s (a save was interrupted)", p)
     skipped = []
     for step in reversed(complete_steps(root)):
-        verdict, state = _check(step_dir(root, step), step, rank, world, run_id, map_location)
-        verdicts = _all_gather(verdict)
-        problems = [v.problem for v in verdicts if v.problem]
+        verdict, state = _load(step_dir(root, step), step, rank, world, run_id, map_location)
+        problems, worlds = _problems(_all_gather(verdict))
         if not problems:
             if skipped:
-                log.warning("[rank %d] resuming from %s, the newest usable checkpoint", rank, step_dir(root, step))
+                log.warning("resuming from %s, the newest usable checkpoint", step_dir(root, step))
             return state, step
         for problem in dict.fromkeys(problems):  # each once, in rank order
-            log.warning("[rank %d] checkpoint step %d is unusable, trying an older one: %s", rank, step, problem)
-        skipped.append((step, problems, {v.world_size for v in verdicts if v.world_size is not None}))
-    if not skipped:
-        return None
-    worlds = set().union(*(w for _, _, w in skipped))
-    detail = "; ".join(f"step {s}: {p[0]}" + (f" (and {len(p) - 1} more)" if len(p) > 1 else "")
-                       for s, p, _ in skipped)
-    if worlds and all(w for _, _, w in skipped):
-        raise CheckpointError(
-            f"every checkpoint in {root} was written by {'/'.join(map(str, sorted(worlds)))} ranks and this job has "
-            f"{world}: resume it with that many processes (NPROC={min(worlds)}), or start a new run in another "
-            f"output_dir (or overwrite=true, which deletes them). Nothing was changed. ({detail})")
-    raise CheckpointError(
-        f"none of the {len(skipped)} checkpoints in {root} is usable ({detail}). Nothing was changed. Restore "
-        f"them, start a new run in another output_dir, or pass overwrite=true to delete them and start afresh.")
+            log.warning("checkpoint step %d is unusable, trying an older one: %s", step, problem)
+        skipped.append((step, problems, worlds))
+    if skipped:
+        raise _no_usable_checkpoint(root, skipped, world)
+    return None

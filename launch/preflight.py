@@ -4,7 +4,8 @@
 
 Composes the config as the job will (the same Hydra overrides), runs the job's start-up checks
 (launch/checks.py) for ``--nproc`` processes, and, where ``output_dir`` is given, what the job
-would find there (launch/rundir.py). Changes nothing. Exit status: 0 when the job can start, 3
+would find there (launch/rundir.py) and, for a resumption, that a checkpoint is usable by that
+many ranks (manifests and checksums). Changes nothing. Exit status: 0 when the job can start, 3
 when the run in output_dir is already complete (said on stdout), 2 with the problem on stderr,
 once and without a traceback. launch/train.sh runs it, so that a bad command fails once rather
 than on every rank and again on every torchrun restart.
@@ -23,6 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from fp4dist import checkpoint
 from launch import checks, rundir
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -51,7 +53,9 @@ def preflight(nproc: int, overrides: list[str]) -> tuple[int, str]:
             if plan.action == "complete":
                 lines = "\n".join(f"  {k:12} {v}" for k, v in rundir.outputs(cfg).items())
                 return COMPLETE, f"{plan.note}; its outputs:\n{lines}"
-    except checks.ConfigError as e:
+            if plan.action == "resume":
+                checkpoint.find_resumable(cfg.checkpoint.dir, nproc, plan.run_id)
+    except (checks.ConfigError, checkpoint.CheckpointError) as e:
         return FAILED, str(e)
     return READY, ""
 

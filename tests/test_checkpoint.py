@@ -66,6 +66,7 @@ def test_corrupt_newest_checkpoint_falls_back_loudly(tmp_path, gen, caplog):
     with caplog.at_level(logging.WARNING, logger="fp4dist"):
         got, step = checkpoint.load_latest(tmp_path, run_id="r")
     assert step == 3 and torch.equal(got["w"], saved[3]["w"])
+    assert checkpoint.find_resumable(tmp_path, 1, run_id="r") == 3  # the check before a job starts agrees
     assert any(str(bad) in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
 
 
@@ -82,8 +83,10 @@ def test_no_usable_checkpoint_refuses_and_changes_nothing(tmp_path, gen, damage)
             (d / "rank00000.pt").unlink()
     (tmp_path / "step_00000009.partial").mkdir()  # an interrupted save is left alone too
     before = snapshot(tmp_path)
-    with pytest.raises(checkpoint.CheckpointError, match=r"none of the 2 checkpoints .* is usable.*Nothing was changed"):
-        checkpoint.load_latest(tmp_path, run_id="r")
+    for check in (lambda: checkpoint.load_latest(tmp_path, run_id="r"),
+                  lambda: checkpoint.find_resumable(tmp_path, 1, run_id="r")):
+        with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint in .* is usable.*Nothing was changed"):
+            check()
     assert snapshot(tmp_path) == before and (tmp_path / "step_00000009.partial").is_dir()
 
 
@@ -116,4 +119,7 @@ def test_ranks_agree_on_the_previous_step_when_one_rank_file_is_damaged(tmp_path
     before = snapshot(tmp_path)  # written by 2 ranks; this process is 1
     with pytest.raises(checkpoint.CheckpointError, match=r"written by 2 ranks and this job has 1.*NPROC=2"):
         checkpoint.load_latest(tmp_path, run_id="r")
+    with pytest.raises(checkpoint.CheckpointError, match=r"written by 2 ranks and this job has 1"):
+        checkpoint.find_resumable(tmp_path, 1, run_id="r")
+    assert checkpoint.find_resumable(tmp_path, 2, run_id="r") == 1  # rank 1's file of step 2 is damaged
     assert snapshot(tmp_path) == before
