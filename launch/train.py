@@ -197,10 +197,10 @@ def evaluate(model, corpus, cfg, device) -> float:
     return sum(losses) / len(losses)
 
 
-def matmul_params(model: torch.nn.Module, tp: int) -> int:
-    """Parameters of the whole model (all TP shards) that multiply activations: all but the embeddings."""
+def model_params(model: torch.nn.Module, tp: int, skip: tuple[str, ...] = ()) -> int:
+    """Parameters of the whole model, every TP shard counted, except those named in ``skip``."""
     return sum(p.numel() * (tp if getattr(p, "tensor_parallel", False) else 1)
-               for n, p in model.named_parameters() if n not in ("tok_emb", "pos_emb"))
+               for n, p in model.named_parameters() if n not in skip)
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -275,9 +275,9 @@ def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
     monitor = HealthMonitor(model, tp_group) if cfg.train.health_interval and isinstance(recipe, NVFP4Recipe) else None
     health_log = JsonlLog(out / rundir.HEALTH, rank == 0 and monitor is not None, resume_step=start)
     tb = TensorBoardLog(out / rundir.TENSORBOARD, rank == 0, resume_step=start)
-    n_matmul = matmul_params(model, tp)
-    log.info("%s | world %d = tp %d x dp %d | %s %s | %s | %.2fM params (%.2fM/rank) | steps %d..%d", cfg.recipe.name,
-             world, tp, dp, device.type, backend, dtype, n_matmul / 1e6,
+    n_matmul = model_params(model, tp, skip=("tok_emb", "pos_emb"))  # those that multiply activations: 6N FLOPs
+    log.info("%s | world %d = tp %d x dp %d | %s %s | %s | %.2fM params (%.2fM on this rank) | steps %d..%d",
+             cfg.recipe.name, world, tp, dp, device.type, backend, dtype, model_params(model, tp) / 1e6,
              sum(p.numel() for p in model.parameters()) / 1e6, start + 1, cfg.train.steps)
 
     train_step = make_train_step(cfg, model, opt, sched, tp_group, dp_group, dp)
