@@ -46,6 +46,10 @@ log = logging.getLogger("fp4dist.train")
 
 # keys in torchrun's store, which outlives a restart of the ranks: what the job's first attempt decided
 OUTPUT_DIR_KEY, RUN_ID_KEY, FATAL_KEY = "fp4dist/output_dir", "fp4dist/run_id", "fp4dist/fatal"
+# metrics.jsonl key -> TensorBoard tag
+TENSORBOARD_TAGS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "val_loss": "val/loss",
+                    "tokens_per_s": "perf/tokens_per_s", "step_time_s": "perf/step_time_s",
+                    "peak_mem_gib": "perf/peak_mem_gib", "tflops_per_gpu": "perf/tflops_per_gpu"}
 
 
 def job_store(rank: int, world: int) -> dist.Store | None:
@@ -223,6 +227,69 @@ def closing_lines(cfg: DictConfig, tensorboard_written: bool) -> list[str]:
     return lines
 
 
+def build(cfg: DictConfig, device: torch.device, tp_group):
+    """(recipe, model, optimizer, LR scheduler) of the config, the model on ``device``."""
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
+             "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.train.dtype]
+    recipe, hp_blocks = build_recipe(cfg)
+    model = GPT(GPTConfig(**OmegaConf.to_container(cfg.model)), recipe, tp_group=tp_group,
+                sequence_parallel=cfg.parallel.sequence_parallel, high_precision_blocks=hp_blocks,
+                compute_dtype=dtype).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    return recipe, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+
+
+def begin(cfg: DictConfig, plan: rundir.Plan, model, opt, sched, device, rank: int, store) -> int:
+    """Carry out the plan: load the checkpoint to resume from (first, so that a refusal changes no
+    file), then on rank 0 delete what overwrite=true removes and write run.json. Returns the step."""
+    out, start = Path(cfg.output_dir), 0
+    loaded = checkpoint.load_latest(cfg.checkpoint.dir, map_location=device, run_id=plan.run_id) \
+        if plan.action == "resume" else None  # raises CheckpointError (nothing changed) when none is usable
+    if rank == 0:
+        if plan.note:
+            log.warning("%s", plan.note)
+        rundir.carry_out(plan, cfg)
+        if store is not None:
+            store.set(RUN_ID_KEY, plan.run_id)  # a restart of this job continues this run
+    if loaded is not None:
+        state, start = loaded
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        log.info("resumed run %s from %s at step %d", plan.run_id, cfg.checkpoint.dir, start)
+    elif plan.action == "resume":
+        log.info("run %s in %s has no checkpoint yet: starting at step 0", plan.run_id, out)
+    else:
+        log.info("new run %s in %s", plan.run_id, out)
+    if dist.is_initialized():
+        dist.barrier()  # run.json is written and the earlier run's files are gone before any rank writes
+    return start
+
+
+def write_summary(cfg: DictConfig, plan: rundir.Plan, start: int, tokens_per_step: int, elapsed: float,
+                  device: torch.device, tp: int, tensorboard_written: bool) -> dict:
+    """Rank 0: summary.json (atomically) from the whole metrics.jsonl, and the closing lines."""
+    out = Path(cfg.output_dir)
+    records, _ = read_jsonl(out / rundir.METRICS)
+    vals = [r["val_loss"] for r in records if "val_loss" in r]
+    ran, world = cfg.train.steps - start, int(os.environ.get("WORLD_SIZE", 1))
+    summary = {"run_id": plan.run_id, "recipe": cfg.recipe.name, "steps": cfg.train.steps, "resumed_from": start,
+               "final_loss": final_loss(records), "final_loss_window": FINAL_LOSS_WINDOW,
+               "val_loss": vals[-1] if vals else None,
+               "tokens_per_s": tokens_per_step * ran / elapsed if ran else None, "wall_s": elapsed,
+               "world": world, "tp": tp, "dp": world // tp, "device": str(device), "outputs": rundir.outputs(cfg)}
+    atomic_write_text(out / rundir.SUMMARY, json.dumps(summary, indent=2) + "\n")
+    log.info("done: run %s, %d steps | final loss %.4f (mean of the last %d logged steps) | val loss %s\n%s",
+             plan.run_id, cfg.train.steps, summary["final_loss"], FINAL_LOSS_WINDOW,
+             "n/a" if summary["val_loss"] is None else f"{summary['val_loss']:.4f}",
+             "\n".join(closing_lines(cfg, tensorboard_written)))
+    return summary
+
+
 def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     checks.validate(cfg, world)
@@ -236,48 +303,15 @@ def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
             log.info("%s; its outputs:\n%s", plan.note, "\n".join(closing_lines(cfg, (out / rundir.TENSORBOARD).is_dir())))
         return {"complete": True, "run_id": plan.run_id}
 
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
-             "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.train.dtype]
-    recipe, hp_blocks = build_recipe(cfg)
-    model = GPT(GPTConfig(**OmegaConf.to_container(cfg.model)), recipe, tp_group=tp_group,
-                sequence_parallel=cfg.parallel.sequence_parallel, high_precision_blocks=hp_blocks,
-                compute_dtype=dtype).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-
-    start = 0
-    loaded = checkpoint.load_latest(cfg.checkpoint.dir, map_location=device, run_id=plan.run_id) \
-        if plan.action == "resume" else None  # raises CheckpointError (nothing changed) when none is usable
-    if rank == 0:
-        if plan.note:
-            log.warning("%s", plan.note)
-        rundir.carry_out(plan, cfg)
-    if store is not None and rank == 0:
-        store.set(RUN_ID_KEY, plan.run_id)
-    if loaded is not None:
-        state, start = loaded
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        log.info("resumed run %s from %s at step %d", plan.run_id, cfg.checkpoint.dir, start)
-    elif plan.action == "resume":
-        log.info("run %s in %s has no checkpoint yet: starting at step 0", plan.run_id, out)
-    else:
-        log.info("new run %s in %s", plan.run_id, out)
-    if dist.is_initialized():
-        dist.barrier()  # run.json is written and the earlier run's files are gone before any rank writes
-
+    recipe, model, opt, sched = build(cfg, device, tp_group)
+    start = begin(cfg, plan, model, opt, sched, device, rank, store)
     metrics = JsonlLog(out / rundir.METRICS, rank == 0, resume_step=start)
     monitor = HealthMonitor(model, tp_group) if cfg.train.health_interval and isinstance(recipe, NVFP4Recipe) else None
     health_log = JsonlLog(out / rundir.HEALTH, rank == 0 and monitor is not None, resume_step=start)
     tb = TensorBoardLog(out / rundir.TENSORBOARD, rank == 0, resume_step=start)
     n_matmul = model_params(model, tp, skip=("tok_emb", "pos_emb"))  # those that multiply activations: 6N FLOPs
     log.info("%s | world %d = tp %d x dp %d | %s %s | %s | %.2fM params (%.2fM on this rank) | steps %d..%d",
-             cfg.recipe.name, world, tp, dp, device.type, backend, dtype, model_params(model, tp) / 1e6,
+             cfg.recipe.name, world, tp, dp, device.type, backend, model.compute_dtype, model_params(model, tp) / 1e6,
              sum(p.numel() for p in model.parameters()) / 1e6, start + 1, cfg.train.steps)
 
     train_step = make_train_step(cfg, model, opt, sched, tp_group, dp_group, dp)
@@ -316,10 +350,7 @@ def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
             if step % cfg.train.eval_interval == 0 or step == cfg.train.steps:
                 record["val_loss"] = evaluate(model, corpus, cfg, device)
             metrics.write(record)
-            tb.scalars(step, {"train/loss": loss, "train/lr": record["lr"], "train/grad_norm": record["grad_norm"],
-                              "perf/tokens_per_s": record["tokens_per_s"], "perf/step_time_s": dt,
-                              "perf/peak_mem_gib": record["peak_mem_gib"],
-                              "perf/tflops_per_gpu": record.get("tflops_per_gpu"), "val/loss": record.get("val_loss")})
+            tb.scalars(step, {tag: record.get(key) for key, tag in TENSORBOARD_TAGS.items()})
             progress.report(step, record, timed)
             t_mark, timed, extra_s = time.perf_counter(), 0, 0.0
         if save_step:
@@ -334,23 +365,7 @@ def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
     metrics.close()
     health_log.close()
     tb.close()
-
-    summary = {}
-    if rank == 0:
-        records, _ = read_jsonl(out / rundir.METRICS)
-        vals = [r["val_loss"] for r in records if "val_loss" in r]
-        ran = cfg.train.steps - start
-        summary = {"run_id": plan.run_id, "recipe": cfg.recipe.name, "steps": cfg.train.steps, "resumed_from": start,
-                   "final_loss": final_loss(records), "final_loss_window": FINAL_LOSS_WINDOW,
-                   "val_loss": vals[-1] if vals else None,
-                   "tokens_per_s": tokens_per_step * ran / elapsed if ran else None, "wall_s": elapsed,
-                   "world": world, "tp": tp, "dp": dp, "device": str(device), "outputs": rundir.outputs(cfg)}
-        atomic_write_text(out / rundir.SUMMARY, json.dumps(summary, indent=2) + "\n")
-        log.info("done: run %s, %d steps | final loss %.4f (mean of the last %d logged steps) | val loss %s\n%s",
-                 plan.run_id, cfg.train.steps, summary["final_loss"], FINAL_LOSS_WINDOW,
-                 "n/a" if summary["val_loss"] is None else f"{summary['val_loss']:.4f}",
-                 "\n".join(closing_lines(cfg, tb.log_dir.is_dir())))
-    return summary
+    return write_summary(cfg, plan, start, tokens_per_step, elapsed, device, tp, tb.log_dir.is_dir()) if rank == 0 else {}
 
 
 def run(cfg: DictConfig) -> int:
