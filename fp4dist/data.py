@@ -51,18 +51,33 @@ class ByteCorpus:
         if source is None:
             source = "path" if path else "topics"
         self.source, self.path = source, path
-        data = torch.frombuffer(bytearray(read_corpus(source, path)), dtype=torch.uint8)
+        raw = read_corpus(source, path)
+        if not raw:
+            what = f"data.path {str(path)!r}" if source == "path" else f"the {source} corpus"
+            raise ValueError(f"{what} is empty: there is nothing to train on")
+        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
         n_val = int(len(data) * val_fraction)
         self.train, self.val = data[:len(data) - n_val], data[len(data) - n_val:]
+
+    def check(self, seq_len: int) -> None:
+        """Raise ValueError unless both splits hold more than ``seq_len + 1`` bytes (one sequence and its
+        targets): the check a training run makes before its first step rather than at its first eval."""
+        self._split("train", seq_len)
+        self._split("val", seq_len)
+
+    def _split(self, split: str, seq_len: int) -> torch.Tensor:
+        data = self.train if split == "train" else self.val
+        if len(data) <= seq_len + 1:
+            hint = "raise data.val_fraction or use a longer corpus" if split == "val" else "use a longer corpus"
+            raise ValueError(f"the {self.source} corpus has {len(data)} {split} bytes, fewer than seq_len + 1 = "
+                             f"{seq_len + 1} ({hint})")
+        return data
 
     def batch(self, step: int, batch_size: int, seq_len: int, seed: int, split: str = "train"):
         """(inputs, targets) int64 [batch_size, seq_len] for ``step``: the same on every rank that asks
         with the same (seed, step), so tensor-parallel ranks see one batch and a resumed run sees the
         batches an uninterrupted one would have."""
-        data = self.train if split == "train" else self.val
-        if len(data) <= seq_len + 1:
-            raise ValueError(f"the {self.source} corpus has {len(data)} {split} bytes, "
-                             f"fewer than seq_len + 1 = {seq_len + 1}")
+        data = self._split(split, seq_len)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=g)
         idx = starts[:, None] + torch.arange(seq_len + 1)

@@ -1,0 +1,1 @@
+"""The training job: entry point (train.py), start-up checks, run directories, progress, plots."""
