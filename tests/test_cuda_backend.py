@@ -557,9 +557,10 @@ def test_sr_device_keys_match_host_keys(kern, gen, shape, dtype):
              (2**64 - 1, 2**64 - 1), (r[7], 0)]
     modes = ["both_sr", "both_2d_sr", "both_rht_sr"] if shape[1] % 16 == 0 else ["col_rht_sr"]
     for mode in modes:
-        kw = {k: v for k, v in MODES[mode].items() if k not in ("seed", "rng_offset", "sr")}
+        kw = dict(block_2d=False, rht=False, row_offset=0)
+        kw.update({k: v for k, v in MODES[mode].items() if k not in ("seed", "rng_offset", "sr")})
         kw["stochastic_rounding"] = True
-        amax = kern.compute_amax(x, rht=kw.get("rht", False))
+        amax = kern.compute_amax(x, rht=kw["rht"])
         for seed, offset in cases:
             want = kern.cast(x, amax, seed=seed, rng_offset=offset, **kw)
             dev_offset = torch.tensor([offset - 2**64 if offset >= 2**63 else offset], dtype=torch.int64,
