@@ -117,12 +117,12 @@ def all_gather_nvfp4(t: NVFP4Tensor, group: dist.ProcessGroup | None = None, asy
     work = all_gather_single(gathered, send, group=group, async_op=async_op)
 
     def finish() -> NVFP4Tensor:
-        trailers = layout.views(gathered.view(world, layout.nbytes))["trailer"]
+        parts = layout.views(gathered.view(world, layout.nbytes))
         if validate == "always" and not compiling:
-            check_trailers_now(trailers)
+            check_trailers_now(parts["trailer"])
         else:
-            check.update(trailers)
-        return assemble(t, gathered, layout, world, rank)
+            check.update(parts["trailer"])
+        return assemble(t, parts, layout, world, rank)
 
     handle = NVFP4GatherHandle(work if async_op else None, finish)
     return handle if async_op else handle.wait()

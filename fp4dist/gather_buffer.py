@@ -180,15 +180,16 @@ def error_buffer(layout: ShardLayout, status: int, device: torch.device) -> torc
     return buf
 
 
-def assemble(t: NVFP4Tensor, gathered: torch.Tensor, layout: ShardLayout, world: int, rank: int) -> NVFP4Tensor:
-    """The gathered NVFP4Tensor from uint8 ``gathered`` [world * S] (module docstring), ``t`` this rank's shard."""
-    parts = layout.views(gathered.view(world, layout.nbytes))
+def assemble(t: NVFP4Tensor, parts: dict[str, torch.Tensor], layout: ShardLayout, world: int,
+             rank: int) -> NVFP4Tensor:
+    """The gathered NVFP4Tensor from ``parts``, ``layout.views`` of the gathered bytes [world, S] (module
+    docstring); ``t`` is this rank's shard."""
     comps = {}
     if layout.rowwise:
         for k in ("rowwise_data", "rowwise_scale_inv"):
             comps[k] = parts[k][0] if world == 1 else parts[k]
     if layout.columnwise:
-        swap = backends.select(t.backend, gathered.device).swap_first_dims
+        swap = backends.select(t.backend, parts["trailer"].device).swap_first_dims
         for k in ("columnwise_data", "columnwise_scale_inv"):
             v = parts[k]
             comps[k] = swap(v.view(torch.uint8)).view(v.shape[1], world * v.shape[2]).view(v.dtype)
