@@ -20,9 +20,10 @@ MODES = {
 
 
 def shard_of(q, shard, rank, how):
-    """This rank's shard quantized into a gather buffer, or by plain quantize (then copied into one)."""
+    """This rank's shard quantized into a gather buffer (SR offset as a device tensor), or by plain quantize
+    (int SR offset; the gather copies it into a buffer)."""
     if how == "buffer":
-        return quantize_for_gather(q, shard, rng_offset=3)
+        return quantize_for_gather(q, shard, rng_offset=torch.tensor([3], device=shard.device))
     return q.quantize(shard, rng_offset=3, row_offset=rank * (shard.numel() // shard.shape[-1]))
 
 
