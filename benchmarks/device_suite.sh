@@ -14,6 +14,6 @@ has() { [[ " $STEPS " == *" $1 "* ]]; }
 has tests && python3 -m pytest -q -m cuda tests 2>&1 | tee "$OUT_DIR/cuda_tests.log" | tail -5
 has kernels && python3 benchmarks/bench_kernels.py --out "$OUT_DIR/bench_kernels.md" 2>&1 | tee "$OUT_DIR/bench_kernels.log"
 has mlp && python3 benchmarks/bench_mlp.py --out "$OUT_DIR/bench_mlp.md" 2>&1 | tee "$OUT_DIR/bench_mlp.log"
-has gather && python3 benchmarks/bench_gather.py --nproc 2 --device cuda --sizes-mb 16 64 \
+has gather && python3 benchmarks/bench_gather.py --nproc 1 --device cuda --sizes-mb 16 64 256 1024 \
     --out "$OUT_DIR/bench_gather_1gpu.md" 2>&1 | tee "$OUT_DIR/bench_gather.log"
 true

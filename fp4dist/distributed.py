@@ -1,162 +1,128 @@
-"""all_gather_nvfp4: gather an NVFP4Tensor along its first logical dim across a process group.
+"""all_gather_nvfp4: gather an NVFP4Tensor along its first logical dim across a process group, in one collective.
 
 Sequence parallelism shards activations along dim 0 (the sequence/token dim). Each rank holds a
-shard X_r of logical shape [s, ...] viewed as [m, n]; the gathered tensor is [world * s, ...].
+shard of logical shape [s, ...] viewed as X_r [m, n]; the gathered tensor is [world * s, ...].
 
-* rowwise data [m, n/2] and scales [m, n/16] concatenate along rows: [world * m, ...].
-* columnwise data [n, m/2] and scales [n, m/16] arrive as [world, n, m/2] and are reordered by
-  ``swap_first_dims`` to [n, world, m/2] = [n, world * m/2] (the spec's distributed section).
+A gather is one ``all_gather_single`` of every rank's shard buffer (layout, offsets and the gathered
+views: :mod:`fp4dist.gather_buffer`): the rowwise data and scales of the result are rank-major views of
+the gathered bytes, [world, m, n/2] and [world, m, n/16]; the columnwise data [n, m/2] and scales
+[n, m/16] arrive as [world, n, ...] and ``swap_first_dims`` reorders each to [n, world * ...] (the
+spec's distributed section); the amaxes travel in the buffer. A shard made by ``quantize_for_gather``
+already lies in such a buffer and is sent as it is; any other NVFP4Tensor is copied into one first.
 
-Shards must have been quantized with ``amax_group=group`` (one global amax); then the result has the
-bits of quantizing the gathered high-precision tensor. A small fixed-size header (shape, dtype,
-layouts, amax bits) is all-gathered first, so mismatched shards raise the same clear error on every
-rank instead of hanging or corrupting a size-mismatched collective; the amaxes travel in it. The
-check reads the gathered headers on the host: one small blocking collective and one host sync per
-gather, the price of an error instead of a hang (0.15-0.25 ms per call on 2 H100s over NCCL, measured
-when it still took three host syncs: docs/benchmarks.md).
+Shards must have been quantized with ``amax_group=group`` (one global amax) and, with stochastic
+rounding, with one seed and rng_offset and ``row_offset = rank * m`` (``quantize_for_gather``'s
+default); the result then has the bits of quantizing the gathered high-precision tensor.
+
+Checks (:mod:`fp4dist.gather_check`), chosen by ``validate``:
+
+* ``"first"`` (default): the first gather of a signature (shape, dtype, layouts, block_2d, rht, SR and
+  seed, validate) over a group exchanges a small header and reads it on the host, raising the same
+  clear error on every rank; later gathers of that signature are one collective and no host read. The
+  amaxes and SR offsets are compared on the device at every gather; a disagreement raises on every rank
+  at the group's next header exchange or ``check_gathers(group)``.
+* ``"always"``: the header exchange and a host read of the gathered amaxes at every call, which raises
+  at the call (for debugging).
+
+With ``"first"`` every rank must make the same sequence of gathers, as with any collective. A rank
+given a bad argument (not an NVFP4Tensor, more than 8 dims, an unknown option) still joins what its
+peers do: the header exchange while the group has not gathered yet or with ``"always"`` (all raise
+there), else a collective of the last gathered size that carries its error code, so its peers do not
+block and raise at their next check. A rank whose shard alone changes signature once the group is in
+its steady state cannot be told apart from a legitimate new signature without a collective: debug
+such a program with ``validate="always"``.
+
+Under ``torch.compile`` (fullgraph, once the signature has been gathered eagerly over the group) the
+host checks are skipped and the device check stays.
 """
 
 from __future__ import annotations
 
-import struct
-
 import torch
 import torch.distributed as dist
 
-from fp4dist import backends
+from fp4dist.collectives import all_gather_single
+from fp4dist.gather_buffer import ShardLayout, assemble, error_buffer, quantize_for_gather, resolve_group, \
+    shard_buffer
+from fp4dist.gather_check import ERRORS, HEADER_LEN, check_gathers, check_trailers_now, compiled_device_check, \
+    exchange_headers, group_state, local_problem, signature
 from fp4dist.tensor import NVFP4Tensor
 
-# torch 2.13 renamed all_gather_into_tensor to all_gather_single (same semantics); older torch has only the former.
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-_MAX_DIMS = 8
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_COMPONENTS = ("rowwise_data", "rowwise_scale_inv", "columnwise_data", "columnwise_scale_inv")
-# header: ndim, shape[8], dtype, has_rowwise, has_columnwise, block_2d, rht, amax_row bits, amax_col bits
-_HEADER_LEN = 1 + _MAX_DIMS + 7
-STRATEGIES = ("packed", "per_component")
-
-
-def _header(t: NVFP4Tensor) -> torch.Tensor:
-    """int64 [_HEADER_LEN] on t's device, built without a host sync: the host-known fields go up in one
-    copy (pinned, asynchronous on a GPU) and the amax bits (int32, -1 when absent) are taken on the device."""
-    if len(t.shape) > _MAX_DIMS:
-        raise ValueError(f"all_gather_nvfp4 supports up to {_MAX_DIMS} dims, got shape {tuple(t.shape)}")
-    shape = list(t.shape) + [-1] * (_MAX_DIMS - len(t.shape))
-    fields = torch.tensor([len(t.shape), *shape, _DTYPES.index(t.dtype), int(t.has_rowwise), int(t.has_columnwise),
-                           int(t.block_2d), int(t.rht), -1, -1], dtype=torch.int64)
-    if t.device.type == "cuda":
-        fields = fields.pin_memory()
-    fields = fields.to(t.device, non_blocking=True)
-    for i, amax in ((-2, t.amax_rowwise), (-1, t.amax_columnwise)):
-        if amax is not None:
-            fields[i] = amax.detach().reshape(()).float().view(torch.int32).to(torch.int64)
-    return fields
-
-
-def _describe_mismatch(headers: list[list[int]]) -> str | None:
-    """A message naming the first rank whose header differs from rank 0's, or None if all agree."""
-    ref = headers[0]
-    for rank, h in enumerate(headers[1:], start=1):
-        if h == ref:
-            continue
-        shape = lambda hh: tuple(hh[1:1 + hh[0]])
-        if shape(h) != shape(ref):
-            if shape(h)[1:] == shape(ref)[1:]:
-                return (f"rank {rank} has a shard of shape {shape(h)} but rank 0 has {shape(ref)}: uneven shards "
-                        f"are not supported, every rank must hold the same number of rows along dim 0")
-            return f"rank {rank} has shape {shape(h)} but rank 0 has {shape(ref)}"
-        i = 1 + _MAX_DIMS
-        if h[i] != ref[i]:
-            return f"rank {rank} has dtype {_DTYPES[h[i]]} but rank 0 has {_DTYPES[ref[i]]}"
-        if h[i + 1:i + 5] != ref[i + 1:i + 5]:
-            names = ("rowwise", "columnwise", "block_2d", "rht")
-            return (f"rank {rank} has layout {dict(zip(names, map(bool, h[i + 1:i + 5])))} but rank 0 has "
-                    f"{dict(zip(names, map(bool, ref[i + 1:i + 5])))}")
-        amax = lambda bits: "none" if bits == -1 else struct.unpack("<f", struct.pack("<i", bits))[0]
-        return (f"rank {rank} was quantized with amax (rowwise, columnwise) = ({amax(h[-2])}, {amax(h[-1])}) "
-                f"but rank 0 with ({amax(ref[-2])}, {amax(ref[-1])}): shards must share one global scale, "
-                f"quantize them with NVFP4Quantizer(amax_group=group)")
-    return None
-
-
-def _check_shards(t: NVFP4Tensor, group, world: int) -> None:
-    mine = _header(t)
-    gathered = torch.empty(world * _HEADER_LEN, dtype=torch.int64, device=t.device)
-    _all_gather_single(gathered, mine, group=group)
-    problem = _describe_mismatch(gathered.view(world, _HEADER_LEN).tolist())  # the one host sync
-    if problem:
-        raise ValueError(f"all_gather_nvfp4: {problem}")
-
-
-def _as_bytes(x: torch.Tensor) -> torch.Tensor:
-    return x.view(torch.uint8) if x.dtype == torch.float8_e4m3fn else x
+__all__ = ["all_gather_nvfp4", "quantize_for_gather", "check_gathers", "NVFP4GatherHandle"]
 
 
 class NVFP4GatherHandle:
     """Returned by ``all_gather_nvfp4(..., async_op=True)``: ``wait()`` finishes and returns the tensor."""
 
-    def __init__(self, works, finish):
-        self._works, self._finish, self._result = works, finish, None
+    def __init__(self, work, finish):
+        self._work, self._finish, self._result = work, finish, None
 
     def wait(self) -> NVFP4Tensor:
         if self._result is None:
-            for w in self._works:
-                w.wait()
+            if self._work is not None:
+                self._work.wait()
             self._result = self._finish()
         return self._result
 
 
-def all_gather_nvfp4(t: NVFP4Tensor, group: dist.ProcessGroup | None = None, async_op: bool = False,
-                     strategy: str = "per_component"):
+def _refuse(code: int, problem: str, group, world: int, rank: int, validate, state) -> None:
+    """A rank that cannot gather joins the collective its peers make (module docstring), then raises."""
+    error = TypeError if code == 1 else ValueError
+    if validate == "always" or state.last is None:
+        try:
+            exchange_headers([code] + [0] * (HEADER_LEN - 1), group, world, state, detail=problem)
+        except ValueError as e:
+            raise error(str(e)) from None
+    layout, device = state.last
+    all_gather_single(torch.empty(world * layout.nbytes, dtype=torch.uint8, device=device),
+                      error_buffer(layout, code, device), group=group)
+    raise error(f"all_gather_nvfp4: rank {rank} {ERRORS[code]} ({problem}); it sent its error in place of a shard "
+                f"of the last gathered size, its peers raise at their next check")
+
+
+def all_gather_nvfp4(t: NVFP4Tensor, group: dist.ProcessGroup | None = None, async_op: bool = False, *,
+                     validate: str = "first", **options):
     """Gather ``t`` along dim 0 of its logical shape over ``group``; returns an NVFP4Tensor
     (or, with ``async_op=True``, an :class:`NVFP4GatherHandle`) with the same layouts present.
 
-    ``strategy``: "per_component" issues one ``all_gather_into_tensor`` per component straight into
-    its output; "packed" copies all components into one byte buffer and gathers it once.
-    See docs/benchmarks.md for how the two compare.
+    ``validate``: "first" or "always" (module docstring). Other keyword options are refused (on every rank).
     """
-    if not isinstance(t, NVFP4Tensor):
-        raise TypeError(f"all_gather_nvfp4 takes an NVFP4Tensor, got {type(t).__name__}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    world = dist.get_world_size(group)
-    _check_shards(t, group, world)
-    m, n = t.matrix_shape
-    full_shape = torch.Size((t.shape[0] * world, *t.shape[1:]))
-    swap = backends.select(t.backend, t.device).swap_first_dims
-    comps = {k: _as_bytes(getattr(t, k)) for k in _COMPONENTS if getattr(t, k) is not None}
-
-    def assemble(rows: dict[str, torch.Tensor]) -> NVFP4Tensor:
-        """rows[k]: component k gathered rank-major, [world, *local shape] (bytes)."""
-        out = {}
-        for k, g in rows.items():
-            if k.startswith("rowwise"):
-                g = g.reshape(world * g.shape[1], g.shape[2])
-            else:
-                g = swap(g).reshape(g.shape[1], world * g.shape[2])
-            out[k] = g.view(torch.float8_e4m3fn) if k.endswith("scale_inv") else g
-        return t.with_components(full_shape, **out)
-
-    if strategy == "per_component":
-        # gloo wants the output as [world * rows, ...]; the rank-major [world, rows, ...] is a free view
-        outs = {k: torch.empty((world * c.shape[0], *c.shape[1:]), dtype=torch.uint8, device=c.device)
-                for k, c in comps.items()}
-        works = [_all_gather_single(outs[k], c.contiguous(), group=group, async_op=async_op)
-                 for k, c in comps.items()]
-        finish = lambda: assemble({k: o.view(world, *comps[k].shape) for k, o in outs.items()})
+    code, problem = local_problem(t, validate, options)
+    if code and not (dist.is_available() and dist.is_initialized()):
+        raise (TypeError if code == 1 else ValueError)(problem)
+    group = resolve_group(group)
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    compiling = torch.compiler.is_compiling()
+    if compiling:
+        if code:
+            raise (TypeError if code == 1 else ValueError)(problem)
+        check = compiled_device_check(group, t.device)
+        if check is None:
+            raise RuntimeError("all_gather_nvfp4 under torch.compile skips the host checks: gather a shard of this "
+                               "signature over this group eagerly once first")
     else:
-        flat = torch.cat([c.reshape(-1) for c in comps.values()])
-        gathered = torch.empty(world * flat.numel(), dtype=torch.uint8, device=flat.device)
-        works = [_all_gather_single(gathered, flat, group=group, async_op=async_op)]
-        gathered = gathered.view(world, flat.numel())
+        state = group_state(group)
+        if code:
+            _refuse(code, problem, group, world, rank, validate, state)
+        sig = signature(t, validate)
+        check = state.device_check(world, t.device)
+        if validate == "always" or sig not in state.signatures:
+            exchange_headers([0, *sig], group, world, state)
+            state.signatures.add(sig)
+    layout = ShardLayout.of(t)
+    if not compiling:
+        state.last = (layout, t.device)
+    send = shard_buffer(t, layout, group, rank)
+    gathered = torch.empty(world * layout.nbytes, dtype=torch.uint8, device=t.device)
+    work = all_gather_single(gathered, send, group=group, async_op=async_op)
 
-        def finish():
-            rows, start = {}, 0
-            for k, c in comps.items():
-                rows[k] = gathered[:, start:start + c.numel()].reshape(world, *c.shape)
-                start += c.numel()
-            return assemble(rows)
+    def finish() -> NVFP4Tensor:
+        parts = layout.views(gathered.view(world, layout.nbytes))
+        if validate == "always" and not compiling:
+            check_trailers_now(parts["trailer"])
+        else:
+            check.update(parts["trailer"])
+        return assemble(t, parts, layout, world, rank)
 
-    handle = NVFP4GatherHandle([w for w in works if w is not None], finish)
+    handle = NVFP4GatherHandle(work if async_op else None, finish)
     return handle if async_op else handle.wait()

@@ -9,6 +9,7 @@ from fp4dist import backends
 from fp4dist.tensor import NVFP4Tensor
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_CAST_OUTPUTS = ("rowwise_data", "rowwise_scale_inv", "columnwise_data", "columnwise_scale_inv")
 
 
 class NVFP4Quantizer:
@@ -85,7 +86,7 @@ class NVFP4Quantizer:
 
     def quantize(self, x: torch.Tensor, *, amax: torch.Tensor | None = None,
                  rng_offset: int | torch.Tensor = 0, row_offset: int = 0, rowwise: bool | None = None,
-                 columnwise: bool | None = None) -> NVFP4Tensor:
+                 columnwise: bool | None = None, out: dict[str, torch.Tensor] | None = None) -> NVFP4Tensor:
         """Quantize ``x`` into the layouts this quantizer was built for.
 
         Args:
@@ -97,6 +98,9 @@ class NVFP4Quantizer:
                 depend on the global position, so shards gathered later match the full tensor.
             rowwise, columnwise: override the layouts this quantizer was built for (None keeps them), e.g.
                 rowwise only where no backward pass will need the transposed layout.
+            out: preallocated tensors by NVFP4Tensor field name (``rowwise_data`` ... ``amax_columnwise``,
+                the shapes and dtypes of the class table, contiguous) that the result's components are
+                written into and become; a component not named is allocated.
         """
         rowwise = self.rowwise if rowwise is None else rowwise
         columnwise = self.columnwise if columnwise is None else columnwise
@@ -112,15 +116,23 @@ class NVFP4Quantizer:
             amax = amax.detach().float().reshape(2)
         x2d = x.detach().reshape(-1, x.shape[-1]).contiguous()
         backend = backends.select(self.backend, x.device)
+        out = out or {}
+        if set(out) - set(_CAST_OUTPUTS) - {"amax_rowwise", "amax_columnwise"}:
+            raise ValueError(f"out takes NVFP4Tensor component names, got {sorted(out)}")
+        cast_out = {"out": tuple(out.get(k) for k in _CAST_OUTPUTS)} if out else {}
         rd, rs, cd, cs = backend.cast(
             x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=self.block_2d,
             rht=self.rht and columnwise, stochastic_rounding=self.stochastic_rounding, seed=self.seed,
-            rng_offset=rng_offset, row_offset=row_offset)
+            rng_offset=rng_offset, row_offset=row_offset, **cast_out)
+        amaxes = [None, None]
+        for i, (k, present) in enumerate((("amax_rowwise", rowwise), ("amax_columnwise", columnwise))):
+            if present:
+                amaxes[i] = out[k].copy_(amax[i]) if k in out else amax[i]
         return NVFP4Tensor(
             rowwise_data=rd, rowwise_scale_inv=rs, columnwise_data=cd, columnwise_scale_inv=cs,
-            amax_rowwise=amax[0] if rowwise else None,
-            amax_columnwise=amax[1] if columnwise else None,
+            amax_rowwise=amaxes[0], amax_columnwise=amaxes[1],
             shape=x.shape, dtype=x.dtype, block_2d=self.block_2d, rht=self.rht and columnwise,
-            backend=self.backend)
+            backend=self.backend, stochastic_rounding=self.stochastic_rounding,
+            seed=self.seed if self.stochastic_rounding else 0, rng_offset=rng_offset, row_offset=row_offset)
 
     __call__ = quantize

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -30,6 +30,16 @@ class NVFP4Tensor:
     A layout that was not requested has ``None`` data, scales and amax. Decoding an element:
     ``e2m1(code) * float(scale_inv) * (1 / S_enc(amax))`` with ``S_enc(a) = 2688 / a``.
 
+    The rowwise components of a tensor gathered by ``all_gather_nvfp4`` over ``world > 1`` ranks are
+    rank-major views of the gathered buffer, uint8 [world, m/world, n/2] and float8_e4m3fn
+    [world, m/world, n/16] (row ``r`` of X is ``[r // (m/world), r % (m/world)]``); ``decode_layout`` and
+    ``dequantize`` take them as they are, ``contiguous()`` gives the 2-D form.
+
+    ``stochastic_rounding``, ``seed``, ``rng_offset`` and ``row_offset`` record how the codes were
+    rounded (the quantizer's options and call arguments), so that shards can be checked to belong
+    together. ``gather_buffer`` is set when the components are views of one shard buffer laid out for
+    ``all_gather_nvfp4`` (see :mod:`fp4dist.gather_buffer`); replacing components drops it.
+
     It is a plain container rather than a ``torch.Tensor`` subclass: it holds several tensors of
     different shapes and two layouts, and is only ever consumed by fp4dist's own GEMM, gather and
     autograd functions, so a subclass would add dispatch rules without letting any torch op run on
@@ -47,6 +57,11 @@ class NVFP4Tensor:
     block_2d: bool = False
     rht: bool = False
     backend: str = "auto"
+    stochastic_rounding: bool = False
+    seed: int = 0
+    rng_offset: int | torch.Tensor = 0  # an int, or int64 [1] on the device (read there)
+    row_offset: int = 0
+    gather_buffer: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def has_rowwise(self) -> bool:
@@ -72,8 +87,14 @@ class NVFP4Tensor:
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
     def with_components(self, shape: torch.Size, **components) -> "NVFP4Tensor":
-        """A copy with another logical shape and the given components replaced."""
-        return replace(self, shape=torch.Size(shape), **components)
+        """A copy with another logical shape and the given components replaced (no longer a gather buffer's)."""
+        return replace(self, shape=torch.Size(shape), gather_buffer=None, **components)
+
+    def contiguous(self) -> "NVFP4Tensor":
+        """The same tensor with 2-D contiguous components (rank-major gathered views copied)."""
+        flat = {k: v.reshape(-1, v.shape[-1]).contiguous() for k, v in self.component_tensors().items()
+                if k.endswith(("_data", "_scale_inv"))}
+        return self.with_components(self.shape, **flat)
 
     def _backend(self):
         return backends.select(self.backend, self.device)

@@ -27,10 +27,12 @@ class Backend(Protocol):
         """fp32 [2]: (max|X|, max|columnwise source|), the second taken after the RHT when ``rht``."""
 
     def cast(self, x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
-             rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int):
+             rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int,
+             out=None):
         """(rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv), None where not asked for.
         ``amax`` is compute_amax's fp32 [2] (possibly MAX-reduced over a group in between); ``rng_offset`` an
-        int or an int64 tensor of one element on x's device (read there: no host sync)."""
+        int or an int64 tensor of one element on x's device (read there: no host sync). ``out=`` optionally
+        holds preallocated contiguous tensors for the four results (None where not given), which are returned."""
 
     def dequantize(self, data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
                    out_dtype: torch.dtype, *, amax: torch.Tensor | None = None) -> torch.Tensor:

@@ -59,8 +59,20 @@ def _key(seed: int, rng_offset: int | torch.Tensor, stream: int):
     return rng.stream_key(seed, rng_offset, stream)
 
 
+def _into(out: torch.Tensor | None, value: torch.Tensor | None, name: str) -> torch.Tensor | None:
+    """``value`` itself, or copied into the preallocated ``out`` (same shape and dtype)."""
+    if out is None or value is None:
+        return value
+    if out.shape != value.shape or out.dtype != value.dtype or out.device != value.device:
+        raise ValueError(f"out {name} must be a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    return out.copy_(value)
+
+
 def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
-         rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int):
+         rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int, out=None):
+    """``out``: None, or preallocated (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv),
+    None where not requested or not preallocated; the results are written into them and returned."""
     m, n = x2d.shape
     dev = x2d.device
     row_ids = torch.arange(m, device=dev, dtype=torch.int64) + row_offset
@@ -77,7 +89,10 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
         if stochastic_rounding:
             bits = rng.random_bits(_key(seed, rng_offset, col_stream), row_ids[None, :], col_ids[:, None])
         col_out = _quantize_rows(_columnwise_source(x2d, rht).float(), amax[1], block_2d, bits)
-    return (*row_out, *col_out)
+    if out is None:
+        return (*row_out, *col_out)
+    names = ("rowwise_data", "rowwise_scale_inv", "columnwise_data", "columnwise_scale_inv")
+    return tuple(_into(o, v, k) for o, v, k in zip(out, (*row_out, *col_out), names))
 
 
 def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,

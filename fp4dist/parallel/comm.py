@@ -22,8 +22,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+from fp4dist.collectives import all_gather_single, reduce_scatter_single
 
 
 def group_size(group) -> int:
@@ -36,7 +35,7 @@ def all_gather_dim0(x: torch.Tensor, group) -> torch.Tensor:
     if world == 1:
         return x
     out = torch.empty((world * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    _all_gather_single(out, x.contiguous(), group=group)
+    all_gather_single(out, x.contiguous(), group=group)
     return out
 
 
@@ -47,7 +46,7 @@ def reduce_scatter_dim0(x: torch.Tensor, group) -> torch.Tensor:
     if x.shape[0] % world:
         raise ValueError(f"reduce-scatter along dim 0 needs its size ({x.shape[0]}) divisible by the group size {world}")
     out = torch.empty((x.shape[0] // world, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    _reduce_scatter_single(out, x.contiguous(), group=group)
+    reduce_scatter_single(out, x.contiguous(), group=group)
     return out
 
 

@@ -1,0 +1,65 @@
+"""all_gather_nvfp4 under torch.compile(fullgraph=True), world 2 over gloo: quantize + gather trace as one graph
+and give the bits of eager mode, and the device-side amax check still runs."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from conftest import as_bits
+from multiproc import run_ranks
+from fp4dist import NVFP4Quantizer
+from fp4dist.distributed import all_gather_nvfp4, check_gathers, quantize_for_gather
+
+# aot_eager: dynamo's graph (fullgraph: no break, the collectives as functional ops) run by AOTAutograd without
+# inductor's code generation, which takes minutes per graph on a small CPU
+COMPILE = dict(fullgraph=True, backend="aot_eager")
+
+
+def quantize_and_gather(q, x):
+    t = quantize_for_gather(q, x, rng_offset=2)
+    return all_gather_nvfp4(t).component_tensors()
+
+
+def compiled_matches_eager(rank, world, seed):
+    torch.manual_seed(seed)
+    full = torch.randn(32 * world, 64).to(torch.bfloat16)
+    shard = full[rank * 32:(rank + 1) * 32]
+    q = NVFP4Quantizer(rht=True, stochastic_rounding=True, seed=11, amax_group=dist.group.WORLD, backend="reference")
+    eager = quantize_and_gather(q, shard)  # also validates the signature over the group
+    compiled = torch.compile(quantize_and_gather, **COMPILE)(q, shard)
+    assert eager.keys() == compiled.keys()
+    for k in eager:
+        assert torch.equal(as_bits(eager[k]), as_bits(compiled[k])), f"rank {rank}: {k} differs"
+    check_gathers()
+    # shards quantized with their local amax (no group) inside the compiled graph: the device check counts it
+    local = NVFP4Quantizer(rht=True, stochastic_rounding=True, seed=11, backend="reference")
+    torch._dynamo.reset()  # dynamo does not guard on the quantizer's amax_group: it would reuse the graph above
+    torch.compile(quantize_and_gather, **COMPILE)(local, shard * (rank + 1))
+    try:
+        check_gathers()
+    except ValueError as e:
+        return str(e)
+    raise AssertionError(f"rank {rank}: the compiled gather of mismatched amaxes was not reported")
+
+
+@pytest.mark.slow
+def test_compiled_quantize_and_gather_is_bit_identical_to_eager(gen):
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    messages = run_ranks(compiled_matches_eager, 2, seed, timeout=400)
+    assert all("share one global scale" in m for m in messages), messages
+    assert messages[0] == messages[1]
+
+
+def test_compiling_before_any_eager_gather_is_refused():
+    pytest.importorskip("torch._dynamo")
+    messages = run_ranks(compile_without_validation, 2, timeout=200)
+    assert all("gather a shard of this signature over this group eagerly once first" in m for m in messages)
+
+
+def compile_without_validation(rank, world):
+    q = NVFP4Quantizer(columnwise=False, amax_group=dist.group.WORLD, backend="reference")
+    try:
+        torch.compile(quantize_and_gather, **COMPILE)(q, torch.randn(32, 64))
+    except Exception as e:  # dynamo wraps what the traced code raises
+        return str(e)
+    raise AssertionError(f"rank {rank}: compiled without a validated signature")

@@ -1,0 +1,102 @@
+"""What one all_gather_nvfp4 costs: collectives, host reads and copies counted per gather (spawned gloo ranks).
+
+The torch.distributed collectives and the Tensor methods that read a value on the host are wrapped with
+counters around each gather; the shards are quantized outside the counted region.
+"""
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from multiproc import run_ranks
+from fp4dist import NVFP4Quantizer
+from fp4dist.distributed import all_gather_nvfp4, quantize_for_gather
+
+COLLECTIVES = ("all_gather_single", "all_gather_into_tensor", "all_gather", "all_reduce", "broadcast", "barrier",
+               "reduce_scatter_single", "reduce_scatter_tensor", "all_to_all_single", "gather", "scatter")
+HOST_READS = ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+COPIES = ("copy_", "clone", "cat", "_to_copy")
+MODES = {"rowwise": dict(columnwise=False), "columnwise": dict(rowwise=False),
+         "both_sr_rht": dict(rht=True, stochastic_rounding=True, seed=3)}
+
+
+class Count(TorchDispatchMode):
+    """Counts collectives, host reads and aten copies while active; ``sent`` records the gathered inputs."""
+
+    def __enter__(self):
+        self.collectives, self.host_reads, self.copies, self.sent, self._saved = 0, 0, 0, [], []
+        for name in COLLECTIVES:
+            if hasattr(dist, name):
+                self._wrap(dist, name, "collectives")
+        for name in HOST_READS:
+            self._wrap(torch.Tensor, name, "host_reads")
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for owner, name, fn in self._saved:
+            setattr(owner, name, fn)
+        return super().__exit__(*exc)
+
+    def _wrap(self, owner, name, counter):
+        fn = getattr(owner, name)
+        self._saved.append((owner, name, fn))
+
+        def counted(*args, **kwargs):
+            setattr(self, counter, getattr(self, counter) + 1)
+            if name in ("all_gather_single", "all_gather_into_tensor"):
+                self.sent.append(args[1])
+            return fn(*args, **kwargs)
+
+        setattr(owner, name, counted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in COPIES:
+            self.copies += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_gathers(rank, world, mode, how, validate, async_op):
+    q = NVFP4Quantizer(**MODES[mode], amax_group=dist.group.WORLD)
+    shards = []
+    for step in range(3):  # fresh values (and amaxes) per gather, one signature
+        x = torch.randn(32, 64) * (step + 1)
+        shards.append(quantize_for_gather(q, x, rng_offset=step) if how == "buffer" else
+                      q.quantize(x, rng_offset=step, row_offset=rank * 32))
+    calls = []
+    for t in shards:
+        with Count() as c:
+            out = all_gather_nvfp4(t, validate=validate, async_op=async_op)
+            if async_op:
+                out = out.wait()
+        sent_own_buffer = how == "buffer" and c.sent[-1] is t.gather_buffer.data
+        calls.append((c.collectives, c.host_reads, c.copies, sent_own_buffer))
+    return calls
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("how", ["buffer", "quantize"])
+def test_steady_state_gather_is_one_collective_and_no_host_read(mode, how):
+    calls = run_ranks(count_gathers, 2, mode, how, "first", False, timeout=90)
+    for rank, per_call in enumerate(calls):
+        (first_coll, first_reads, _, _), *later = per_call
+        assert first_coll == 2 and first_reads >= 1, (rank, per_call)  # header exchange + data
+        for collectives, host_reads, copies, sent_own_buffer in later:
+            assert (collectives, host_reads) == (1, 0), (rank, per_call)
+            # rowwise: views of the gathered bytes; columnwise: one reorder each of data and scales; a shard
+            # not quantized into a buffer is first copied into one (data, scales, amax per layout)
+            swaps = 0 if mode == "rowwise" else 2
+            components = {"rowwise": 3, "columnwise": 3, "both_sr_rht": 6}[mode]
+            assert copies == swaps + (0 if how == "buffer" else components), (mode, how, per_call)
+            assert sent_own_buffer == (how == "buffer"), "the shard's own buffer is sent without a pack copy"
+
+
+def test_async_gather_counts_the_same():
+    calls = run_ranks(count_gathers, 2, "both_sr_rht", "buffer", "first", True, timeout=90)
+    assert all([c[:2] for c in per_call[1:]] == [(1, 0), (1, 0)] for per_call in calls), calls
+
+
+def test_validate_always_checks_every_call():
+    calls = run_ranks(count_gathers, 2, "rowwise", "buffer", "always", False, timeout=90)
+    for per_call in calls:
+        assert all(collectives == 2 and host_reads >= 2 for collectives, host_reads, _, _ in per_call), per_call
