@@ -59,8 +59,8 @@ class Step:
         return loss.detach(), norm
 
 
-def profile(fn, device) -> tuple[int, float]:
-    """(kernels incl. memsets, their summed GPU ms) of one call of fn."""
+def profile(fn, device, names: list | None = None) -> tuple[int, float]:
+    """(kernels incl. memsets, their summed GPU ms) of one call of fn; their names appended to ``names``."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -71,6 +71,8 @@ def profile(fn, device) -> tuple[int, float]:
     if device.type != "cuda":
         return 0, 0.0
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if names is not None:
+        names.extend(e.name for e in events)
     return len(events), sum(e.device_time for e in events) / 1e3
 
 
@@ -148,14 +150,17 @@ def bench(name, dims, recipe_name, mode, device, iters):
 
 
 def linear_kernels(d: int, tokens: int, device) -> int:
-    """Kernels of one NVFP4 linear [d -> 4d], forward + backward, with tokens rows."""
+    """Kernels of one NVFP4 linear [d -> 4d], forward + backward, with tokens rows (the grads are taken with
+    torch.autograd.grad, so no accumulation into .grad counts), and their names."""
     layer = ColumnParallelLinear(d, 4 * d, bias=False, recipe=NVFP4Recipe()).to(device)
     set_rng_step(layer, 1)
     x = torch.randn(tokens, d, device=device, dtype=torch.bfloat16, requires_grad=True)
     dy = torch.randn(tokens, 4 * d, device=device, dtype=torch.bfloat16)
+    run = lambda: torch.autograd.grad(layer(x), (x, layer.weight), dy)
     for _ in range(2):
-        layer(x).backward(dy)
-    return profile(lambda: layer(x).backward(dy), device)[0]
+        run()
+    names = []
+    return profile(run, device, names)[0], names
 
 
 def main():
@@ -179,8 +184,9 @@ def main():
     rows = []
     for name, dims in models.items():
         if device.type == "cuda" and "nvfp4" in args.recipes:
-            per_linear = linear_kernels(dims[0], dims[3] * dims[4], device)
-            print(f"{name}: kernels per NVFP4 linear (fwd+bwd, {dims[0]} -> {4 * dims[0]}): {per_linear}", flush=True)
+            per_linear, names = linear_kernels(dims[0], dims[3] * dims[4], device)
+            print(f"{name}: kernels per NVFP4 linear (fwd+bwd, {dims[0]} -> {4 * dims[0]}): {per_linear}: "
+                  + "; ".join(n[:40] for n in names), flush=True)
         for recipe in args.recipes:
             for mode in args.modes:
                 try:
