@@ -368,7 +368,7 @@ def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
                 raise FloatingPointError(f"loss is {loss} at step {step}")
         if log_step:
             dt = (time.perf_counter() - t_mark - extra_s) / timed
-            record = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
+            record = {"step": step, "loss": loss, "lr": float(sched.get_last_lr()[0]), "grad_norm": float(grad_norm),
                       "tokens_per_s": tokens_per_step / dt, "step_time_s": dt,
                       "peak_mem_gib": peak_memory_gib(device)}
             if device.type == "cuda":  # achieved TFLOP/s per GPU: 6 * params * tokens / step time / GPUs
