@@ -65,9 +65,14 @@ class NVFP4GatherHandle:
         return self._result
 
 
+def _error(code: int):
+    """The exception class of a bad argument: TypeError for what is not an NVFP4Tensor."""
+    return TypeError if code == 1 else ValueError
+
+
 def _refuse(code: int, problem: str, group, world: int, rank: int, validate, state) -> None:
     """A rank that cannot gather joins the collective its peers make (module docstring), then raises."""
-    error = TypeError if code == 1 else ValueError
+    error = _error(code)
     if validate == "always" or state.last is None:
         try:
             exchange_headers([code] + [0] * (HEADER_LEN - 1), group, world, state, detail=problem)
@@ -89,13 +94,13 @@ def all_gather_nvfp4(t: NVFP4Tensor, group: dist.ProcessGroup | None = None, asy
     """
     code, problem = local_problem(t, validate, options)
     if code and not (dist.is_available() and dist.is_initialized()):
-        raise (TypeError if code == 1 else ValueError)(problem)
+        raise _error(code)(problem)
     group = resolve_group(group)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     compiling = torch.compiler.is_compiling()
     if compiling:
         if code:
-            raise (TypeError if code == 1 else ValueError)(problem)
+            raise _error(code)(problem)
         check = compiled_device_check(group, t.device)
         if check is None:
             raise RuntimeError("all_gather_nvfp4 under torch.compile skips the host checks: gather a shard of this "
@@ -111,7 +116,7 @@ def all_gather_nvfp4(t: NVFP4Tensor, group: dist.ProcessGroup | None = None, asy
             state.signatures.add(sig)
     layout = ShardLayout.of(t)
     if not compiling:
-        state.last = (layout, t.device)
+        state.last = (layout, t.device)  # what a rank without a shard sends next (_refuse)
     send = shard_buffer(t, layout, group, rank)
     gathered = torch.empty(world * layout.nbytes, dtype=torch.uint8, device=t.device)
     work = all_gather_single(gathered, send, group=group, async_op=async_op)

@@ -8,14 +8,15 @@ all-gathers a header, int64 [HEADER_LEN] on the CPU (gloo) or the current GPU (N
     12 SR seed (0 without SR)   13 validate option index
 
 and reads them on the host (together with the device check's pending result below): a bad argument on
-any rank or headers that differ from rank 0's raise the same ValueError on every rank. The signature
-(words 1-13) is then cached for the group.
+any rank or headers that differ from rank 0's raise the same message on every rank (a TypeError on a
+rank that passed something other than an NVFP4Tensor, else ValueError). The signature (words 1-13) is
+then cached for the group.
 
 Device check, every gather: the gathered trailers (``gather_buffer``: amax bits, SR rng_offset and row
 base, status), int64 [world, 4], must all equal rank 0's. Each rank compares them on its device and keeps,
 per group and device, a count of the gathers that disagreed and the last disagreeing trailers; every rank
-sees the same gathered bytes, so every rank counts the same. The count is read on the host, raising
-naming the rank and the field, at the next host check of the group and by ``check_gathers``.
+sees the same gathered bytes, so every rank counts the same. The group's next host check and
+``check_gathers`` read the count on the host and raise, naming the rank and the field that differ.
 """
 
 from __future__ import annotations

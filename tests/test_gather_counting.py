@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from multiproc import run_ranks
+from multiproc import nccl_world, rank_device, run_ranks
 from fp4dist import NVFP4Quantizer
 from fp4dist.distributed import all_gather_nvfp4, quantize_for_gather
 
@@ -56,19 +56,27 @@ class Count(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_gathers(rank, world, mode, how, validate, async_op):
+def count_gathers(rank, world, mode, how, validate, async_op, device="cpu"):
+    device = rank_device(rank, device)
     q = NVFP4Quantizer(**MODES[mode], amax_group=dist.group.WORLD)
     shards = []
     for step in range(3):  # fresh values (and amaxes) per gather, one signature
-        x = torch.randn(32, 64) * (step + 1)
+        x = torch.randn(32, 64, device=device) * (step + 1)
         shards.append(quantize_for_gather(q, x, rng_offset=step) if how == "buffer" else
                       q.quantize(x, rng_offset=step, row_offset=rank * 32))
     calls = []
-    for t in shards:
+    for i, t in enumerate(shards):
+        steady = i > 0 and validate == "first" and device.type == "cuda"
         with Count() as c:
-            out = all_gather_nvfp4(t, validate=validate, async_op=async_op)
-            if async_op:
-                out = out.wait()
+            if steady:  # any host sync in a steady-state gather raises
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                out = all_gather_nvfp4(t, validate=validate, async_op=async_op)
+                if async_op:
+                    out = out.wait()
+            finally:
+                if steady:
+                    torch.cuda.set_sync_debug_mode("default")
         sent_own_buffer = how == "buffer" and c.sent[-1] is t.gather_buffer.data
         calls.append((c.collectives, c.host_reads, c.copies, sent_own_buffer))
     return calls
@@ -100,3 +108,14 @@ def test_validate_always_checks_every_call():
     calls = run_ranks(count_gathers, 2, "rowwise", "buffer", "always", False, timeout=90)
     for per_call in calls:
         assert all(collectives == 2 and host_reads >= 2 for collectives, host_reads, _, _ in per_call), per_call
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (NCCL, one GPU per rank)")
+@pytest.mark.parametrize("how", ["buffer", "quantize"])
+def test_steady_state_gather_has_no_host_sync_on_nccl(how, cuda_kernels):
+    world = nccl_world() if torch.cuda.device_count() >= 2 else 1
+    calls = run_ranks(count_gathers, world, "both_sr_rht", how, "first", False, "cuda:rank", timeout=300,
+                      backend="nccl")
+    for per_call in calls:
+        assert all(c[:2] == (1, 0) for c in per_call[1:]), per_call
