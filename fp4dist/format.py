@@ -1,6 +1,6 @@
 """The NVFP4 format: E2M1 codes, nibble packing, E4M3 block scales and the fp32 global scale.
 
-Everything here follows ``shared/docs/nvfp4-numerics.md`` bit for bit and is pure PyTorch, so it is
+Everything here follows docs/numerics.md bit for bit and is pure PyTorch, so it is
 the executable form of the spec that every backend is tested against.
 
 * E2M1 code ``c`` (uint8 in [0, 16)): magnitude ``E2M1_VALUES[c & 7]``, negative when ``c & 8``.
