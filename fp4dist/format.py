@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 
 BLOCK_SIZE = 16
+#: the high-precision dtypes fp4dist quantizes from and decodes to (the order is their code in gather headers)
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0
 FLT_MAX = torch.finfo(torch.float32).max

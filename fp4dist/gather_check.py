@@ -27,11 +27,12 @@ import torch
 import torch.distributed as dist
 
 from fp4dist.collectives import all_gather_single
+from fp4dist.format import SUPPORTED_DTYPES
 from fp4dist.gather_buffer import AMAX, ROW_BASE, RNG_OFFSET, STATUS, resolve_group
 from fp4dist.tensor import NVFP4Tensor
 
 MAX_DIMS = 8
-DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+DTYPES = SUPPORTED_DTYPES
 VALIDATE = ("first", "always")
 HEADER_LEN = 2 + MAX_DIMS + 4
 _SHAPE, _DTYPE, _FLAGS, _SEED, _VALIDATE = 2, 2 + MAX_DIMS, 3 + MAX_DIMS, 4 + MAX_DIMS, 5 + MAX_DIMS

@@ -6,9 +6,9 @@ import torch
 import torch.distributed as dist
 
 from fp4dist import backends
+from fp4dist.format import SUPPORTED_DTYPES
 from fp4dist.tensor import NVFP4Tensor
 
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _CAST_OUTPUTS = ("rowwise_data", "rowwise_scale_inv", "columnwise_data", "columnwise_scale_inv")
 
 

@@ -23,6 +23,7 @@ from types import ModuleType
 import torch
 
 from fp4dist import rng
+from fp4dist.format import SUPPORTED_DTYPES
 
 log = logging.getLogger("fp4dist")
 
@@ -36,7 +37,7 @@ _lock = threading.Lock()
 _ext: ModuleType | None = None
 _build_failed = False
 
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_DTYPES = SUPPORTED_DTYPES
 
 
 def _csrc_files() -> list[Path]:

@@ -1,7 +1,8 @@
 """The autograd function of an NVFP4 linear: Y = X W^T with every GEMM on NVFP4 operands.
 
 forward:  Xq = quantize(X) [rowwise 1x16 + columnwise 1x16 RHT], gathered in NVFP4 along the
-          sequence dim first when ``sp_group`` is set (shards quantized with the group amax);
+          sequence dim first when ``sp_group`` is set (shards quantized with the group amax straight
+          into the gather buffer; one collective, started before W's quantization and awaited after);
           Wq = quantize(W) [16x16 tiles, both layouts]; Y = gemm(Xq.rowwise, Wq.rowwise).
 backward: dYq = quantize(dY) [rowwise SR + columnwise SR RHT], SR offset read from ``rng_offset``
           (an int64 [1] tensor on the device, so compiled and captured steps follow it);
@@ -19,12 +20,13 @@ output's 8-byte memset), one decode of both operands, one GEMM; backward amax + 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 
 from fp4dist.distributed import all_gather_nvfp4
+from fp4dist.gather_buffer import quantize_for_gather
 from fp4dist.gemm import nvfp4_gemm
 from fp4dist.parallel.comm import reduce_scatter_dim0
 from fp4dist.quantizer import NVFP4Quantizer
@@ -39,17 +41,22 @@ class NVFP4LinearConfig:
     sp_group: dist.ProcessGroup | None = None  # gather X (NVFP4) / reduce-scatter dX over this group
 
 
-def _quantize_input(x: torch.Tensor, cfg: NVFP4LinearConfig, columnwise: bool) -> NVFP4Tensor:
+def _quantize_operands(x: torch.Tensor, weight: torch.Tensor, cfg: NVFP4LinearConfig, need_dx: bool,
+                       need_dw: bool) -> tuple[NVFP4Tensor, NVFP4Tensor]:
+    """(Xq, Wq). With sequence parallelism X's shard is quantized straight into its gather buffer (group amax,
+    rows at their global offsets), the gather starts asynchronously, and W is quantized while it runs."""
     if cfg.sp_group is None:
-        return cfg.input_quantizer.quantize(x, columnwise=columnwise)
-    rows_per_rank = x.numel() // x.shape[-1]
-    local = cfg.input_quantizer.quantize(x, columnwise=columnwise,
-                                         row_offset=dist.get_rank(cfg.sp_group) * rows_per_rank)
-    return all_gather_nvfp4(local, cfg.sp_group)
+        return (cfg.input_quantizer.quantize(x, columnwise=need_dw),
+                cfg.weight_quantizer.quantize(weight, columnwise=need_dx))
+    local = quantize_for_gather(cfg.input_quantizer, x, cfg.sp_group, columnwise=need_dw)
+    gather = all_gather_nvfp4(local, cfg.sp_group, async_op=True)
+    wq = cfg.weight_quantizer.quantize(weight, columnwise=need_dx)
+    return gather.wait(), wq
 
 
 def _columnwise_only(t: NVFP4Tensor, data, scale, amax) -> NVFP4Tensor:
-    return NVFP4Tensor(None, None, data, scale, None, amax, t.shape, t.dtype, t.block_2d, t.rht, t.backend)
+    return replace(t, rowwise_data=None, rowwise_scale_inv=None, amax_rowwise=None, columnwise_data=data,
+                   columnwise_scale_inv=scale, amax_columnwise=amax, rng_offset=0, gather_buffer=None)
 
 
 class NVFP4LinearFunction(torch.autograd.Function):
@@ -57,8 +64,7 @@ class NVFP4LinearFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, rng_offset: torch.Tensor, cfg: NVFP4LinearConfig):
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(x.device.type, enabled=False):
-            xq = _quantize_input(x, cfg, columnwise=need_dw)
-            wq = cfg.weight_quantizer.quantize(weight, columnwise=need_dx)
+            xq, wq = _quantize_operands(x, weight, cfg, need_dx, need_dw)
             y = nvfp4_gemm(xq, wq, out_dtype=x.dtype)
         ctx.save_for_backward(xq.columnwise_data, xq.columnwise_scale_inv, xq.amax_columnwise,
                               wq.columnwise_data, wq.columnwise_scale_inv, wq.amax_columnwise, rng_offset)
@@ -99,6 +105,6 @@ def nvfp4_linear(x: torch.Tensor, weight: torch.Tensor, rng_offset: torch.Tensor
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return NVFP4LinearFunction.apply(x, weight, rng_offset, cfg)
     with torch.autocast(device_type, enabled=False):  # no backward: the rowwise layouts alone
-        xq = _quantize_input(x, cfg, columnwise=False)
-        y = nvfp4_gemm(xq, cfg.weight_quantizer.quantize(weight, columnwise=False), out_dtype=x.dtype)
+        xq, wq = _quantize_operands(x, weight, cfg, need_dx=False, need_dw=False)
+        y = nvfp4_gemm(xq, wq, out_dtype=x.dtype)
     return y.reshape(*xq.shape[:-1], weight.shape[0])
