@@ -212,6 +212,17 @@ def test_cast_kernel_dispatch(kern, gen, shape, mode):
         check_cast(kern, make_input(shape, dtype, gen), **MODES[mode])
 
 
+@pytest.mark.parametrize("shape,mode", [
+    # the wide kernel picks 512-, 256- or 128-row units by how the units fill the SMs (132 on an H100 / H200)
+    ((8192, 4096), "both_rht_sr"), ((8192, 4096), "both_2d"),   # 128 units of 512 rows: one wave
+    ((1024, 16384), "both_rht_sr"), ((1024, 16384), "both_2d"),  # 256-row units
+    ((1024, 1024), "both_rht_sr"), ((1024, 1024), "both_2d_sr"), ((1024, 1024), "col_rht"),  # 128-row units
+    ((1168, 1040), "both_rht_sr"),                                # 128-row units, a partial last one of 16 rows
+], ids=lambda v: v if isinstance(v, str) else "x".join(map(str, v)))
+def test_cast_wide_unit_heights(kern, gen, shape, mode):
+    check_cast(kern, make_input(shape, torch.bfloat16, gen), **MODES[mode])
+
+
 @pytest.mark.parametrize("mode", ["both_2d", "both_2d_sr"])
 @pytest.mark.parametrize("shape", [(1040, 528), (1024, 4096)], ids=lambda s: "x".join(map(str, s)))
 def test_cast_2d_distinct_layout_amax(kern, gen, shape, mode):

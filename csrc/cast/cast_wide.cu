@@ -31,7 +31,7 @@ namespace fp4dist_cuda {
 namespace wide {
 constexpr int kCols = 512;                             // columns per unit and sub-tile
 constexpr int kSubRows = 32;                           // rows per sub-tile (one ring stage)
-constexpr int kUnitRows = 512;                         // rows per unit (columnwise scales: 32 per column)
+constexpr int kUnitRows = 512;                         // most rows per unit (columnwise scales: 32 per column)
 constexpr int kChunkRows = 128;                        // columnwise codes leave in 128-row chunks
 constexpr int kStages = 4;
 constexpr int kWarps = 16;                             // compute warps
@@ -87,12 +87,13 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
 
   const int m = static_cast<int>(p.m), n = static_cast<int>(p.n);
   const uint32_t units_x = (n + kCols - 1) / kCols;
+  const int U = static_cast<int>(p.unit_rows);  // 128, 256 or 512 rows per unit
 
   if (warp == kWarps) {  // producer: one bulk copy per row of each sub-tile
     uint32_t seq = 0;
     for (uint32_t unit = blockIdx.x; unit < p.num_tiles; unit += gridDim.x) {
-      const int R0 = static_cast<int>(unit / units_x) * kUnitRows, C0 = static_cast<int>(unit % units_x) * kCols;
-      const int cols = min(kCols, n - C0), unit_rows = min(kUnitRows, m - R0);
+      const int R0 = static_cast<int>(unit / units_x) * U, C0 = static_cast<int>(unit % units_x) * kCols;
+      const int cols = min(kCols, n - C0), unit_rows = min(U, m - R0);
       for (int k = 0; k * kSubRows < unit_rows; ++k, ++seq) {
         const int slot = seq % kStages;
         if (seq >= kStages) mbar_wait(&empty[slot], ((seq / kStages) & 1) ^ 1);
@@ -150,8 +151,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   };
   uint32_t seq = 0, chunk_seq = 0, unit_seq = 0;
   for (uint32_t unit = blockIdx.x; unit < p.num_tiles; unit += gridDim.x, ++unit_seq) {
-    const int R0 = static_cast<int>(unit / units_x) * kUnitRows, C0 = static_cast<int>(unit % units_x) * kCols;
-    const int cols = min(kCols, n - C0), unit_rows = min(kUnitRows, m - R0);
+    const int R0 = static_cast<int>(unit / units_x) * U, C0 = static_cast<int>(unit % units_x) * kCols;
+    const int cols = min(kCols, n - C0), unit_rows = min(U, m - R0);
     // this lane's rowwise codes / scale of row 2 warp in the unit's first sub-tile
     uint8_t* const rd_unit = p.do_row ? p.rd + static_cast<int64_t>(R0 + 2 * warp) * rstride + C0 / 2 + lane * 8 : nullptr;
     uint8_t* const rs_unit = p.do_row ? p.rs + static_cast<int64_t>(R0 + 2 * warp) * sstride + C0 / 16 + lane : nullptr;
@@ -328,7 +329,15 @@ namespace {
 template <typename T, bool RHT, bool SR, bool kBoth>
 cudaError_t launch_cast_wide_t(const CastParams& p0, const SrKeySource<true>& keys, cudaStream_t stream) {
   CastParams p = p0;
-  const int64_t units = ((p.n + wide::kCols - 1) / wide::kCols) * ((p.m + wide::kUnitRows - 1) / wide::kUnitRows);
+  // Rows per unit: 512 keeps every columnwise scale write a whole 32-byte sector, but a tensor of few units
+  // leaves SMs idle (8192 x 1024 is 32 units of 512 rows). Take the unit height whose waves of units (one CTA per
+  // SM) cost the fewest rows per CTA, the tallest on a tie.
+  const int64_t units_x = (p.n + wide::kCols - 1) / wide::kCols, sms = sm_count();
+  int64_t units = 0, best_cost = INT64_MAX;
+  for (int rows = wide::kUnitRows; rows >= wide::kChunkRows; rows /= 2) {
+    const int64_t u = units_x * ((p.m + rows - 1) / rows), cost = (u + sms - 1) / sms * rows;
+    if (cost < best_cost) best_cost = cost, units = u, p.unit_rows = static_cast<uint32_t>(rows);
+  }
   if (units == 0) return cudaSuccess;
   p.num_tiles = static_cast<uint32_t>(units);
   p.col_scale_vec = p.do_col && (p.m % 256 == 0) && (reinterpret_cast<uintptr_t>(p.cs) % 16 == 0);
@@ -344,7 +353,7 @@ cudaError_t launch_cast_wide_t(const CastParams& p0, const SrKeySource<true>& ke
     if (err != cudaSuccess) return err;
     ready[dev] = true;
   }
-  const int64_t grid = units < sm_count() ? units : sm_count();
+  const int64_t grid = units < sms ? units : sms;
   kern<<<static_cast<unsigned>(grid), wide::kThreads, wide::kSmemBytes, stream>>>(p, key_source<SR>(keys));
   return cudaGetLastError();
 }
