@@ -314,8 +314,8 @@ def decode_operands(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.T
         raise ValueError(f"decode_operands: the operands are on {dev} and {b_data.device}")
     a_op = torch.empty((a_rows, a_bytes * 2), dtype=out_dtype, device=dev)
     b_op = torch.empty((b_rows, b_bytes * 2), dtype=out_dtype, device=dev)
-    alpha_shift = torch.empty(2, dtype=torch.float32, device=dev)
-    alpha, shift = alpha_shift[0:1], alpha_shift[1:2]
+    alpha = torch.empty(1, dtype=torch.float32, device=dev)  # not views of one tensor: custom ops return them
+    shift = torch.empty(1, dtype=torch.float32, device=dev)
     _kernels().decode_operands(a_data, a_scale, a_op, b_data, b_scale, b_op,
                                _scalar_or_empty(amax_a, dev, "amax_a"), _scalar_or_empty(amax_b, dev, "amax_b"),
                                alpha, shift)
