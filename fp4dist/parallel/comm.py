@@ -37,7 +37,11 @@ _SHAPE_FIELDS = ("tensor shape", "dtype")
 
 def _agree_on_shape(what: str, x: torch.Tensor, group, check=lambda: None) -> None:
     """Every rank passes the same shape and dtype (and ``check`` passes on every rank), agreed once per signature
-    (agree.py): a shard of another length would make the collective abort the process."""
+    (agree.py): a shard of another length would make the collective abort the process. Under torch.compile only
+    ``check`` runs (at trace time)."""
+    if torch.compiler.is_compiling():
+        check()
+        return
     key = (what, tuple(dist.get_process_group_ranks(group)) if group is not None else None)
     cache = _AGREEMENTS.setdefault(key, agree.AgreementCache())
     agree.agree(cache, what, _SHAPE_FIELDS, agree.tensor_signature(x), check, group)

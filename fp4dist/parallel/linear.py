@@ -97,6 +97,9 @@ class _ParallelLinear(nn.Module):
 
     def _agree(self, x: torch.Tensor, check) -> None:
         """Run the local input checks and agree on them and on the call's signature with the TP group (agree.py)."""
+        if torch.compiler.is_compiling():
+            check()  # a compiled forward checks locally, at trace time
+            return
         if not hasattr(self, "_agreement"):
             self._agreement = agree.AgreementCache()
         signature = (type(self).__name__, self.in_features, self.out_features, self.tp_size, self.sequence_parallel,
