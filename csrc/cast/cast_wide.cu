@@ -174,15 +174,27 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         load_column(buf, raw);
         load_row(buf, 0, v[0]);
         load_row(buf, 1, v[1]);
-        uint32_t bits_a, bits_b;
-        column_maxima<T, RHT>(raw, bits_a, bits_b);
+        uint32_t bits_a, bits_b, in_a = 0, in_b = 0;
+        bool wide = false;  // RHT's overflow path (block_codes.cuh, column_rht_wide)
+        if constexpr (RHT) {
+          wide = rht_column_rounded<T>(raw, in_a, in_b, bits_a, bits_b);
+        } else {
+          column_maxima<T>(raw, bits_a, bits_b);
+        }
         const uint32_t bits_0 = row_maximum<T>(v[0]), bits_1 = row_maximum<T>(v[1]);
-        const uint16_t cs2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);  // bytes <= 0x7F
+        uint16_t cs2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);  // bytes <= 0x7F
         const uint16_t rs2 = e4m3x2_satfinite(u2f(bits_0) * k_row, u2f(bits_1) * k_row);
         const uint32_t sa = cs2 & 0xffu, sb = cs2 >> 8;
-        const uint4 ccodes = column_block_codes<T, SR>(p, raw, bits_a, bits_b, etab_c[sa], etab_c[sb],
-                                                       static_cast<uint32_t>(r0 + g * 16),
-                                                       static_cast<uint32_t>(C0 + cpair), p.key_col);
+        const uint32_t grow = static_cast<uint32_t>(r0 + g * 16), ca = static_cast<uint32_t>(C0 + cpair);
+        uint4 ccodes;
+        if (wide) {
+          const WideTask w = column_rht_wide<T, SR>(buf + (g * 16) * kRowBytes + pair * 4, kRowBytes, k_col, etab_c,
+                                                    p.key_col, p.row_offset + grow, ca, false);
+          ccodes = w.codes;
+          cs2 = static_cast<uint16_t>(w.scales);
+        } else {
+          ccodes = column_block_codes<T, SR>(p, raw, bits_a, bits_b, etab_c[sa], etab_c[sb], grow, ca, p.key_col);
+        }
         stage_column(stage, q, k, ccodes, cs2);
         emit_row(v[0], 0, bits_0, rs2 & 0xffu, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
         emit_row(v[1], 1, bits_1, rs2 >> 8, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
@@ -193,7 +205,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         P raw[16];
         load_column(buf, raw);
         uint32_t bits_a, bits_b;
-        column_maxima<T, false>(raw, bits_a, bits_b);
+        column_maxima<T>(raw, bits_a, bits_b);
         const uint32_t tile_in = tile_max8(max_u32(bits_a, bits_b));  // of the input
         const uint32_t grow = static_cast<uint32_t>(r0 + g * 16), ca = static_cast<uint32_t>(C0 + cpair);
         uint4 rcodes = make_uint4(0u, 0u, 0u, 0u);
@@ -206,17 +218,27 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         }
         if (p.do_col) {
           uint32_t bits_c = tile_in;
+          bool wide = false;
           if constexpr (RHT) {
-            column_maxima<T, true>(raw, bits_a, bits_b);
-            bits_c = tile_max8(max_u32(bits_a, bits_b));
+            uint32_t in_a, in_b;
+            wide = __any_sync(0xffffffffu, rht_column_rounded<T>(raw, in_a, in_b, bits_a, bits_b));
+            if (wide) {  // the overflow path, the whole warp (its tile max needs every lane)
+              const WideTask w = column_rht_wide<T, SR>(buf + (g * 16) * kRowBytes + pair * 4, kRowBytes, k_col,
+                                                        etab_c, p.key_col, p.row_offset + grow, ca, true);
+              stage_column(stage, q, k, w.codes, static_cast<uint16_t>(w.scales));
+            } else {
+              bits_c = tile_max8(max_u32(bits_a, bits_b));
+            }
           }
-          const uint32_t s_c = e4m3_satfinite(u2f(bits_c) * k_col);
-          const float e_c = etab_c[s_c];
-          // the same scale and SR stream give the same codes (the rowwise ones are already there)
-          const bool same = !RHT && p.do_row && e_c == e_r && (!SR || p.key_col == p.key_row);
-          const uint4 ccodes =
-              same ? rcodes : column_block_codes<T, SR>(p, raw, bits_c, bits_c, e_c, e_c, grow, ca, p.key_col);
-          stage_column(stage, q, k, ccodes, static_cast<uint16_t>(s_c * 0x101u));
+          if (!wide) {
+            const uint32_t s_c = e4m3_satfinite(u2f(bits_c) * k_col);
+            const float e_c = etab_c[s_c];
+            // the same scale and SR stream give the same codes (the rowwise ones are already there)
+            const bool same = !RHT && p.do_row && e_c == e_r && (!SR || p.key_col == p.key_row);
+            const uint4 ccodes =
+                same ? rcodes : column_block_codes<T, SR>(p, raw, bits_c, bits_c, e_c, e_c, grow, ca, p.key_col);
+            stage_column(stage, q, k, ccodes, static_cast<uint16_t>(s_c * 0x101u));
+          }
         }
         if (p.do_row) {
           const uint4 rows2 = tile_rows_from_columns(rcodes, lane);  // rows 2 (lane % 8), + 1 of the tile
@@ -237,7 +259,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
           load_column(buf, raw);
           uint4 codes;
           uint16_t scales;
-          column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + g * 16),
+          column_pair<T, RHT, SR>(p, raw, buf + (g * 16) * kRowBytes + pair * 4, kRowBytes, k_col, etab_c,
+                                  static_cast<uint32_t>(r0 + g * 16),
                                   static_cast<uint32_t>(C0 + cpair), lane, nullptr, codes, scales);
           stage_column(stage, q, k, codes, scales);
         }

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from fp4dist.parallel import comm
+from fp4dist.parallel import agree, comm
 from fp4dist.parallel.nvfp4_function import NVFP4LinearConfig, nvfp4_linear
 from fp4dist.recipe import HighPrecisionRecipe, NVFP4Recipe
 
@@ -92,6 +92,22 @@ class _ParallelLinear(nn.Module):
                              f"(prod of leading dims); NVFP4 quantizes it in 16-row blocks for wgrad, so the "
                              f"sequence length must split into multiples of 16 rows per rank")
 
+    _AGREED_FIELDS = ("layer", "in_features", "out_features", "tp size", "sequence_parallel", "recipe",
+                      "input shape", "input dtype", "(grad enabled, input requires grad, weight requires grad)")
+
+    def _agree(self, x: torch.Tensor, check) -> None:
+        """Run the local input checks and agree on them and on the call's signature with the TP group (agree.py)."""
+        if torch.compiler.is_compiling():
+            check()  # a compiled forward checks locally, at trace time
+            return
+        if not hasattr(self, "_agreement"):
+            self._agreement = agree.AgreementCache()
+        signature = (type(self).__name__, self.in_features, self.out_features, self.tp_size, self.sequence_parallel,
+                     repr(self.recipe), *agree.tensor_signature(x),
+                     (torch.is_grad_enabled(), x.requires_grad, self.weight.requires_grad))
+        what = f"{type(self).__name__} {self.rng_name!r}" if self.rng_name else type(self).__name__
+        agree.agree(self._agreement, what, self._AGREED_FIELDS, signature, check, self.tp_group)
+
     def set_rng_name(self, name: str) -> None:
         """Give the layer its stable identity (its fully-qualified name in the model): its SR seed is a hash
         of the recipe seed, this name and the TP rank, so the same model draws the same numbers whatever
@@ -140,8 +156,7 @@ class ColumnParallelLinear(_ParallelLinear):
         self._mark_sharded(self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x, self.in_features)
-        self._check_sequence(x, sharded_input=True)
+        self._agree(x, lambda: (self._check_input(x, self.in_features), self._check_sequence(x, sharded_input=True)))
         sp = self.sequence_parallel and self.tp_size > 1
         if self.quantized and sp:
             y = self._matmul(x, sp=True)  # NVFP4 gather inside
@@ -174,17 +189,19 @@ class RowParallelLinear(_ParallelLinear):
             # replicated, but each rank's grad covers only its sequence shard: see allreduce_sequence_parallel_grads
             self.bias.sequence_parallel = True
 
+    def _check_sequence_split(self, x: torch.Tensor) -> None:
+        if self.sequence_parallel and self.tp_size > 1 and x.shape[0] % self.tp_size:
+            raise ValueError(f"RowParallelLinear: sequence length {x.shape[0]} (dim 0) is not divisible by the "
+                             f"tensor-parallel size {self.tp_size} for the sequence-parallel reduce-scatter")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = self.in_features // self.tp_size if self.input_is_parallel else self.in_features
+        self._agree(x, lambda: (self._check_input(x, width), self._check_sequence(x, sharded_input=False),
+                                self._check_sequence_split(x)))
         if not self.input_is_parallel:
-            self._check_input(x, self.in_features)
             x = comm.scatter_last_dim_to_tp(x, self.tp_group)
-        self._check_input(x, self.in_features // self.tp_size)
-        self._check_sequence(x, sharded_input=False)
         y = self._matmul(x)
         if self.sequence_parallel and self.tp_size > 1:
-            if y.shape[0] % self.tp_size:
-                raise ValueError(f"RowParallelLinear: sequence length {y.shape[0]} (dim 0) is not divisible by the "
-                                 f"tensor-parallel size {self.tp_size} for the sequence-parallel reduce-scatter")
             y = comm.reduce_scatter_seq_to_sp(y, self.tp_group)
         else:
             y = comm.reduce_from_tp(y, self.tp_group)
