@@ -65,7 +65,7 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     itself gives 0x7F or 0xFF depending on the tensor size, through torch.minimum's vectorized path), so for
     float8 tensors 0xFF is mapped to 0x7F. Every other byte is compared as is.
     """
-    t = t.detach().contiguous().cpu()
+    t = t.detach().contiguous().cpu().reshape(-1)  # 0-dim tensors (amaxes) too
     b = t.view(torch.uint8).reshape(-1) if t.numel() else t.reshape(-1).to(torch.uint8)
     if t.dtype == torch.float8_e4m3fn:
         b = torch.where(b == 0xFF, torch.full_like(b, 0x7F), b)
