@@ -16,8 +16,9 @@ only writes, checks, finds and deletes checkpoints.
 ``async_save`` ``dcp.async_save``, which copies the state to host memory and writes it in a background
 thread while training goes on); each rank fsyncs and hashes the files it wrote (sha256 of the bytes on
 disk), rank 0 gathers the hashes, writes the manifest (temporary file, fsync, rename) and renames the
-directory to ``step_N`` in one atomic rename. An asynchronous save is finished this way before the next
-save starts and at :meth:`Checkpointer.close`. A crash at any point leaves either the complete new
+directory to ``step_N`` in one atomic rename. An asynchronous save is completed this way as soon as a
+:meth:`Checkpointer.poll` (launch: after every step) finds it written on every rank, and at the latest
+before the next save starts and at :meth:`Checkpointer.close`. A crash at any point leaves either the complete new
 checkpoint or an ignored ``.partial`` directory beside the last good one. Checkpoint collectives run on
 a process group of their own (gloo), so that a background save never interleaves with training's.
 
@@ -43,7 +44,7 @@ import re
 import shutil
 import time
 import warnings
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -153,6 +154,14 @@ def _prune(root: Path, keep_last: int, run_id: str) -> None:
         shutil.rmtree(step_dir(root, old), ignore_errors=True)
 
 
+def _own_files(partial: Path, rank: int) -> dict:
+    """{name: {"sha256", "bytes"}} of the DCP files this rank wrote (rank 0: and DCP's metadata)."""
+    own = sorted(p for p in partial.iterdir() if p.name.startswith(f"__{rank}_"))
+    if rank == 0:
+        own.append(partial / DCP_METADATA)
+    return {p.name: _file_entry(p) for p in own}
+
+
 @dataclass
 class _Pending:
     """A save whose DCP write has started (``future``: an async write) and that is not yet renamed."""
@@ -170,8 +179,9 @@ class Checkpointer:
 
     ``group``: the process group of the checkpoint collectives (:func:`checkpoint_group`; None: the
     default group, or a single process). ``async_save``: :meth:`save` returns once the state is copied
-    to host memory; the write finishes in the background and is completed (hashes, manifest, rename)
-    at the next :meth:`save` or at :meth:`close`.
+    to host memory; the write and the hashing of the files finish in the background, and the save is
+    completed (manifest, rename) by the first :meth:`poll` that finds it written on every rank, or
+    at the next :meth:`save`, or at :meth:`close`.
     """
 
     def __init__(self, root: str | Path, run_id: str, keep_last: int = 2, async_save: bool = False,
@@ -179,6 +189,7 @@ class Checkpointer:
         self.root, self.run_id, self.keep_last = Path(root), run_id, keep_last
         self.async_save, self.group, self.meta = async_save, group, _json(meta or {})
         self._pending: _Pending | None = None
+        self._hasher: ThreadPoolExecutor | None = None  # hashes an asynchronous save's files once written
 
     def save(self, step: int, state: dict, crash_hook: Callable[[], None] | None = None) -> float:
         """Collective: save ``state`` (a DCP state dict) as ``step``. Returns the seconds the caller was
@@ -204,8 +215,11 @@ class Checkpointer:
         if self.async_save:
             with _alone_is_meant():
                 response = dcp.async_save(state, **kwargs)
-            future = getattr(response, "upload_completion", response)  # a Future (or its newer response)
-            self._pending = _Pending(step, partial, final, future, crash_hook)
+            written = getattr(response, "upload_completion", response)  # a Future (or its newer response)
+            if self._hasher is None:
+                self._hasher = ThreadPoolExecutor(1, thread_name_prefix="fp4dist-checkpoint-hash")
+            hashed = self._hasher.submit(lambda: (written.result(), _own_files(partial, rank))[1])
+            self._pending = _Pending(step, partial, final, hashed, crash_hook)
         else:
             with _alone_is_meant():
                 dcp.save(state, **kwargs)
@@ -213,32 +227,45 @@ class Checkpointer:
             self.wait()
         return time.perf_counter() - t0
 
+    def poll(self) -> bool:
+        """Collective: complete the save in flight if its files are written and hashed on every rank (one
+        small all-gather while a save is in flight; nothing otherwise). True when one was completed."""
+        if self._pending is None or self._pending.future is None:
+            return False
+        if not all(_all_gather(self._pending.future.done(), self.group)):
+            return False
+        self.wait()
+        return True
+
     def wait(self) -> float:
-        """Collective: finish the save in flight, if any (wait for its write, hash, manifest, rename,
+        """Collective: finish the save in flight, if any (wait for its write and hashes; manifest, rename,
         retention); returns the seconds waited."""
         pending, self._pending = self._pending, None
         if pending is None:
             return 0.0
         t0 = time.perf_counter()
-        if pending.future is not None:
-            pending.future.result()
+        rank, _ = _rank_world(self.group)
+        own = pending.future.result() if pending.future is not None else _own_files(pending.partial, rank)
         if pending.crash_hook is not None:
             pending.crash_hook()
-        self._finish(pending)
+        self._finish(pending, own)
         if pending.future is not None:
             log.info("checkpoint step %d complete (written in the background in %.2f s)", pending.step,
                      time.perf_counter() - pending.started)
         return time.perf_counter() - t0
 
-    close = wait
+    def close(self) -> float:
+        """Collective: :meth:`wait`, at the end of the run; returns the seconds waited."""
+        waited = self.wait()
+        if self._hasher is not None:
+            self._hasher.shutdown()
+            self._hasher = None
+        return waited
 
-    def _finish(self, pending: _Pending) -> None:
+    def _finish(self, pending: _Pending, own: dict) -> None:
         rank, world = _rank_world(self.group)
         partial = pending.partial
-        own = sorted(p for p in partial.iterdir() if p.name.startswith(f"__{rank}_"))
-        if rank == 0:
-            own.append(partial / DCP_METADATA)
-        entries = _all_gather({p.name: _file_entry(p) for p in own}, self.group)  # also the barrier
+        entries = _all_gather(own, self.group)  # also the barrier: every rank's files are written
         if rank == 0:
             files = {name: e for per_rank in entries for name, e in per_rank.items()}
             for p in sorted(partial.iterdir()):  # anything no rank claimed (there should be nothing)

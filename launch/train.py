@@ -93,10 +93,16 @@ def setup_distributed(cfg: DictConfig, store: dist.Store | None):
         dist.init_process_group(backend, store=attempt_store(store), rank=rank, world_size=world,
                                 timeout=timedelta(minutes=5), device_id=device if backend == "nccl" else None)
     tp = cfg.parallel.tp or world
-    dp = world // tp
+    tp_group, dp_group = tp_dp_groups(rank, world, tp)
+    return device, backend, tp_group, dp_group, tp, world // tp
+
+
+def tp_dp_groups(rank: int, world: int, tp: int):
+    """(tp_group, dp_group) of ``rank``, with rank = d * tp + t: the TP groups are consecutive ranks, the DP groups
+    strided. Collective (every rank creates every group, in the same order); (None, None) for one process."""
     tp_group = dp_group = None
     if world > 1:
-        for d in range(dp):  # every rank creates every group, in the same order
+        for d in range(world // tp):
             g = dist.new_group(list(range(d * tp, (d + 1) * tp)))
             if rank // tp == d:
                 tp_group = g
@@ -104,7 +110,7 @@ def setup_distributed(cfg: DictConfig, store: dist.Store | None):
             g = dist.new_group(list(range(t, world, tp)))
             if rank % tp == t:
                 dp_group = g
-    return device, backend, tp_group, dp_group, tp, dp
+    return tp_group, dp_group
 
 
 def agree_run(cfg: DictConfig, store: dist.Store | None, rank: int) -> rundir.Plan:
@@ -410,6 +416,7 @@ def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
             loss_t, grad_norm = train_step(x.to(device), y.to(device))
         timed += 1
         progress.update(step)
+        saver.poll()  # completes a background save once every rank has written it
         if health:
             t0 = time.perf_counter()
             stats = monitor.collect()
@@ -424,7 +431,7 @@ def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
                 raise FloatingPointError(f"loss is {loss} at step {step}")
         if save_step:  # before the record: the time it holds the step is checkpoint_s, not step_time_s
             checkpoint_s = saver.save(step, train_state(cfg, model, opt, sched, mesh, step),
-                                      crash_hook=lambda: maybe_crash(cfg, rank, "checkpoint", step))
+                                      crash_hook=lambda saved=step: maybe_crash(cfg, rank, "checkpoint", saved))
             extra_s += checkpoint_s
             log.info("checkpoint step %d: %.3f s in the training loop%s", step, checkpoint_s,
                      " (written in the background)" if cfg.checkpoint.async_save else "")

@@ -4,6 +4,7 @@ change nothing, retention that keeps other runs' checkpoints, asynchronous saves
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -140,8 +141,12 @@ def test_async_save_holds_the_state_of_its_step(tmp_path, gen):
     saver.save(1, st)
     st["w"].add_(1.0)  # training goes on while the write is in flight
     assert checkpoint.complete_steps(tmp_path) == []  # finished at the next save or close
-    saver.save(2, st)
+    deadline = time.monotonic() + 60
+    while not saver.poll():  # completed once written, without waiting for the next save
+        assert time.monotonic() < deadline, "the background save did not complete"
+        time.sleep(0.01)
     assert checkpoint.complete_steps(tmp_path) == [1]
+    saver.save(2, st)
     saver.close()
     assert checkpoint.complete_steps(tmp_path) == [1, 2]
     into = template()
