@@ -42,9 +42,9 @@ def training_mesh(tp_group, dp_group, tp: int, dp: int, device_type: str) -> Dev
     world = dist.get_world_size()
     if tp * dp != world:
         raise ValueError(f"tp {tp} x dp {dp} != world size {world}")
-    # a size-1 dimension has no group of its own in launch (None): a group of this rank alone stands in
-    groups = [g if g is not None else dist.new_group([dist.get_rank()]) for g in (dp_group, tp_group)]
-    return DeviceMesh.from_group(groups, device_type, mesh=torch.arange(world).view(dp, tp),
+    if tp_group is None or dp_group is None:
+        raise ValueError("training_mesh needs both groups (launch.train.tp_dp_groups makes them, size 1 included)")
+    return DeviceMesh.from_group([dp_group, tp_group], device_type, mesh=torch.arange(world).view(dp, tp),
                                  mesh_dim_names=MESH_DIMS)
 
 
