@@ -89,7 +89,7 @@ def _all_gather(obj, group=None) -> list:
 
 
 @contextlib.contextmanager
-def _alone_is_meant():
+def single_process_quiet():
     """Silence DCP's warning that a process without a process group saves or loads alone: it is meant to."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -213,7 +213,7 @@ class Checkpointer:
         writer = FileSystemWriter(partial, sync_files=True, thread_count=1)
         kwargs = dict(storage_writer=writer, process_group=self.group, no_dist=not _dist())
         if self.async_save:
-            with _alone_is_meant():
+            with single_process_quiet():
                 response = dcp.async_save(state, **kwargs)
             written = getattr(response, "upload_completion", response)  # a Future (or its newer response)
             if self._hasher is None:
@@ -221,7 +221,7 @@ class Checkpointer:
             hashed = self._hasher.submit(lambda: (written.result(), _own_files(partial, rank))[1])
             self._pending = _Pending(step, partial, final, hashed, crash_hook)
         else:
-            with _alone_is_meant():
+            with single_process_quiet():
                 dcp.save(state, **kwargs)
             self._pending = _Pending(step, partial, final, None, crash_hook)
             self.wait()
@@ -410,7 +410,7 @@ def load_latest(directory: str | Path, state: dict, run_id: str | None = None, e
         problems = [p for v in verdicts for p in v[0]]
         if not problems:
             try:
-                with _alone_is_meant():
+                with single_process_quiet():
                     dcp.load(state, storage_reader=FileSystemReader(d), process_group=group, no_dist=not _dist())
                 failure = None
             except Exception as e:  # noqa: BLE001 - any failure to read makes the checkpoint unusable

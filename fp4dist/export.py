@@ -60,7 +60,7 @@ def consolidated_model(checkpoint_dir: str | Path) -> tuple[dict[str, torch.Tens
             model[path[1]] = torch.empty(meta.size, dtype=meta.properties.dtype)
     if not model:
         raise ModelFileError(f"{checkpoint_dir} holds no '{MODEL_KEY}' entry: not a training checkpoint")
-    with checkpoint._alone_is_meant():
+    with checkpoint.single_process_quiet():
         dcp.load({MODEL_KEY: model}, storage_reader=reader, no_dist=True)
     return model, manifest
 
