@@ -9,6 +9,7 @@ be printed alone (no traceback).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -113,6 +114,8 @@ RULES: dict[str, Callable] = {
     "checkpoint.interval": integer(1),
     "checkpoint.keep_last": integer(0),
     "checkpoint.resume": boolean,
+    "checkpoint.async_save": boolean,
+    "checkpoint.init_from": optional(text),
     "debug.crash_rank": integer(0),
     "debug.crash_at_step": optional(integer(1)),
     "debug.crash_in_checkpoint_at_step": optional(integer(1)),
@@ -199,6 +202,18 @@ def _device_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _init_from_problems(cfg: DictConfig) -> list[str]:
+    path = cfg.checkpoint.init_from
+    if path is None:
+        return []
+    if not path.endswith((".safetensors", ".pt")):
+        return [f"checkpoint.init_from = {path!r} must be a .safetensors or .pt file (python -m fp4dist.export writes "
+                f"one from a checkpoint)"]
+    if not Path(path).is_file():
+        return [f"checkpoint.init_from = {path!r} is not a file"]
+    return []
+
+
 def validate(cfg: DictConfig, world: int | None = None) -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg`` (``world``: the number of processes,
     when known, for the parallel-layout checks)."""
@@ -213,6 +228,7 @@ def validate(cfg: DictConfig, world: int | None = None) -> None:
         problems += _device_problems(cfg) + _shape_problems(cfg, world)
         if cfg.recipe.name == "nvfp4":
             problems += _hp_block_problems(cfg)
+        problems += _init_from_problems(cfg)
         if cfg.data.source not in (None, "path") and cfg.data.path is not None:
             problems.append(f"data.path is set but data.source={cfg.data.source}: use data.source=path (or null)")
     if problems:

@@ -11,8 +11,9 @@
 :func:`plan` reads (and changes nothing) what is there and decides: a ``new`` run, ``resume`` of
 the run whose files these are (same config, except the :data:`RESUMABLE_CHANGES`), ``complete``
 (that run has finished), or a :class:`RunDirError` refusal when the files belong to another run
-(another config, files without ``run.json``, checkpoints with another run id, or
-``checkpoint.resume=false`` where this run's checkpoints are). With ``overwrite=true`` a start
+(another config, files without ``run.json``, checkpoints with another run id or for another
+model or recipe, or ``checkpoint.resume=false`` where this run's checkpoints are). The parallel
+layout is no difference: a checkpoint of any (tp, dp) reshards. With ``overwrite=true`` a start
 that finds any of these files is a new run that first deletes them (a torchrun restart of that
 job resumes it, as any restart does).
 """
@@ -40,7 +41,8 @@ RUN_FILE, METRICS, HEALTH, SUMMARY, TENSORBOARD = "run.json", "metrics.jsonl", "
 OUTPUT_NAMES = (RUN_FILE, METRICS, HEALTH, SUMMARY, TENSORBOARD)
 
 #: settings a resumed run may change; any other difference means the files belong to another run
-RESUMABLE_CHANGES = ("output_dir", "overwrite", "device", "dist_backend", "train.log_interval", "train.eval_interval",
+RESUMABLE_CHANGES = ("output_dir", "overwrite", "device", "dist_backend", "parallel", "train.log_interval",
+                     "train.eval_interval",
                      "train.eval_batches", "train.health_interval", "train.compile", "train.cuda_graph", "checkpoint",
                      "debug")
 
@@ -111,6 +113,19 @@ def _checkpoint_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
 
 
+def _mismatched_checkpoint(ckpt_dirs: list[Path], cfg: DictConfig) -> str | None:
+    """What differs between this config's model and recipe and those the newest checkpoint's manifest records."""
+    complete = [p for p in ckpt_dirs if p.suffix != ".partial" and checkpoint.read_manifest(p) is not None]
+    if not complete:
+        return None
+    manifest = checkpoint.read_manifest(complete[-1])
+    diffs = [d for key in ("model", "recipe") if key in manifest
+             for d in checkpoint.differences(manifest[key], OmegaConf.to_container(cfg[key], resolve=True), key + ".")]
+    if diffs:
+        return f"{complete[-1]} was written for another model or recipe ({'; '.join(diffs)})"
+    return None
+
+
 def plan(cfg: DictConfig, restart_of: str | None = None) -> Plan:
     """What this start does in ``cfg.output_dir`` (see the module docstring); reads, never writes.
 
@@ -153,6 +168,9 @@ def plan(cfg: DictConfig, restart_of: str | None = None) -> Plan:
         ids = {str((checkpoint.read_manifest(p) or {}).get("run_id", "no manifest")) for p in foreign}
         raise refuse(f"{ckpt_root} holds checkpoints that run {run_id} did not write "
                      f"({', '.join(p.name for p in foreign)}: {', '.join(sorted(ids))})")
+    mismatched = _mismatched_checkpoint(ckpt_dirs, cfg)
+    if mismatched:
+        raise refuse(mismatched)
     if complete:
         return done
     if not cfg.checkpoint.resume and checkpoint.complete_steps(ckpt_root):

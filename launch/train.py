@@ -33,12 +33,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from fp4dist import HighPrecisionRecipe, NVFP4Recipe, checkpoint
+from fp4dist import HighPrecisionRecipe, NVFP4Recipe, checkpoint, dcp_state, export
 from fp4dist.health import HealthMonitor, flatten
 from fp4dist.metrics import FINAL_LOSS_WINDOW, JsonlLog, TensorBoardLog, atomic_write_text, final_loss, read_jsonl
 from fp4dist.model import GPT, GPTConfig
 from fp4dist.graphs import CapturedStep
 from fp4dist.parallel import allreduce_sequence_parallel_grads, clip_grad_norm_, set_rng_step
+from fp4dist.parallel.linear import MAX_MICROBATCHES
+from fp4dist.rht import RHT_SIGNS
 
 from launch import checks, rundir
 from launch.progress import Progress
@@ -91,10 +93,16 @@ def setup_distributed(cfg: DictConfig, store: dist.Store | None):
         dist.init_process_group(backend, store=attempt_store(store), rank=rank, world_size=world,
                                 timeout=timedelta(minutes=5), device_id=device if backend == "nccl" else None)
     tp = cfg.parallel.tp or world
-    dp = world // tp
+    tp_group, dp_group = tp_dp_groups(rank, world, tp)
+    return device, backend, tp_group, dp_group, tp, world // tp
+
+
+def tp_dp_groups(rank: int, world: int, tp: int):
+    """(tp_group, dp_group) of ``rank``, with rank = d * tp + t: the TP groups are consecutive ranks, the DP groups
+    strided. Collective (every rank creates every group, in the same order); (None, None) for one process."""
     tp_group = dp_group = None
     if world > 1:
-        for d in range(dp):  # every rank creates every group, in the same order
+        for d in range(world // tp):
             g = dist.new_group(list(range(d * tp, (d + 1) * tp)))
             if rank // tp == d:
                 tp_group = g
@@ -102,7 +110,7 @@ def setup_distributed(cfg: DictConfig, store: dist.Store | None):
             g = dist.new_group(list(range(t, world, tp)))
             if rank % tp == t:
                 dp_group = g
-    return device, backend, tp_group, dp_group, tp, dp
+    return tp_group, dp_group
 
 
 def agree_run(cfg: DictConfig, store: dist.Store | None, rank: int) -> rundir.Plan:
@@ -270,12 +278,62 @@ def build(cfg: DictConfig, device: torch.device, tp_group):
     return recipe, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
 
-def begin(cfg: DictConfig, plan: rundir.Plan, model, opt, sched, device, rank: int, store) -> int:
-    """Carry out the plan: load the checkpoint to resume from (first, so that a refusal changes no
-    file), then on rank 0 delete what overwrite=true removes and write run.json. Returns the step."""
-    out, start = Path(cfg.output_dir), 0
-    loaded = checkpoint.load_latest(cfg.checkpoint.dir, map_location=device, run_id=plan.run_id) \
-        if plan.action == "resume" else None  # raises CheckpointError (nothing changed) when none is usable
+def checkpoint_meta(cfg: DictConfig, tp: int, dp: int) -> dict:
+    """What every manifest records: the layout it was written at, and the model and recipe it belongs to."""
+    return {"layout": {"tp": tp, "dp": dp, "sequence_parallel": bool(cfg.parallel.sequence_parallel)},
+            **checkpoint_expectation(cfg)}
+
+
+def checkpoint_expectation(cfg: DictConfig) -> dict:
+    """The manifest entries a resumed run must share with the checkpoint (another layout reshards)."""
+    return {"model": OmegaConf.to_container(cfg.model, resolve=True),
+            "recipe": OmegaConf.to_container(cfg.recipe, resolve=True)}
+
+
+def train_state(cfg: DictConfig, model, opt, sched, mesh, step: int) -> dict:
+    """The DCP state dict of a checkpoint after ``step``: model and AdamW state as DTensors of this layout
+    (fp4dist.dcp_state), the LR scheduler, and what the next step's data and SR draws follow from: the
+    step (batches are ``corpus.batch(step, ..., train.seed * 1000 + dp_rank)``, SR offsets
+    ``step * 2^16 + microbatch``), the seeds and the RHT signs. Nothing else draws random numbers."""
+    return {**dcp_state.model_and_optimizer_state(model, opt, mesh), "scheduler": sched.state_dict(),
+            "train": train_state_record(cfg, step)}
+
+
+def check_train_state(cfg: DictConfig, saved: dict, step: int, where: str) -> None:
+    """Refuse a loaded checkpoint whose data and SR record cannot continue this run bit for bit."""
+    expected = train_state_record(cfg, step)
+    diffs = checkpoint.differences(saved, expected, "train.")
+    if diffs:
+        raise checkpoint.CheckpointError(f"{where} cannot continue this run ({'; '.join(diffs)}). Nothing was "
+                                         f"changed. Resume with the settings it was written with, or start a new "
+                                         f"run in another output_dir.")
+
+
+def train_state_record(cfg: DictConfig, step: int) -> dict:
+    """The plain part of a checkpoint after ``step``: the step, the data seed and the SR seed, offset and RHT signs."""
+    return {"step": step, "data": {"seed": cfg.train.seed, "next_step": step + 1},
+            "sr": {"seed": cfg.recipe.get("seed", 0), "next_rng_offset": (step + 1) * MAX_MICROBATCHES,
+                   "rht_signs": list(RHT_SIGNS)}}
+
+
+def begin(cfg: DictConfig, plan: rundir.Plan, model, opt, sched, mesh, ckpt_group, rank: int, store) -> int:
+    """Carry out the plan: load the checkpoint to resume from, of any layout (or for a new run the model
+    of checkpoint.init_from) first, so that a refusal changes no file; then on rank 0 delete what
+    overwrite=true removes and write run.json. Returns the step."""
+    out, start, loaded = Path(cfg.output_dir), 0, None
+    if plan.action == "resume" and checkpoint.complete_steps(cfg.checkpoint.dir):
+        state = train_state(cfg, model, opt, sched, mesh, 0)  # the current layout: DCP reshards into it
+        loaded = checkpoint.load_latest(cfg.checkpoint.dir, state, run_id=plan.run_id,
+                                        expect=checkpoint_expectation(cfg), group=ckpt_group)
+        # load_latest raises CheckpointError (nothing changed) when none is usable
+    if loaded is not None:
+        where = checkpoint.step_dir(cfg.checkpoint.dir, loaded.step)
+        check_train_state(cfg, state["train"], loaded.step, str(where))
+        dcp_state.load_model_and_optimizer_state(model, opt, state)
+        sched.load_state_dict(state["scheduler"])
+        start = loaded.step
+    elif cfg.checkpoint.init_from:
+        export.init_model(model, cfg.checkpoint.init_from, mesh)  # ModelFileError (nothing changed) if unfit
     if rank == 0:
         if plan.note:
             log.warning("%s", plan.note)
@@ -283,15 +341,14 @@ def begin(cfg: DictConfig, plan: rundir.Plan, model, opt, sched, device, rank: i
         if store is not None:
             store.set(RUN_ID_KEY, plan.run_id)  # a restart of this job continues this run
     if loaded is not None:
-        state, start = loaded
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        log.info("resumed run %s from %s at step %d", plan.run_id, cfg.checkpoint.dir, start)
+        was = loaded.manifest.get("layout", {})
+        log.info("resumed run %s from %s at step %d (written at tp %s x dp %s)", plan.run_id, cfg.checkpoint.dir,
+                 start, was.get("tp"), was.get("dp"))
     elif plan.action == "resume":
         log.info("run %s in %s has no checkpoint yet: starting at step 0", plan.run_id, out)
     else:
-        log.info("new run %s in %s", plan.run_id, out)
+        log.info("new run %s in %s%s", plan.run_id, out,
+                 f", model from {cfg.checkpoint.init_from}" if cfg.checkpoint.init_from else "")
     if dist.is_initialized():
         dist.barrier()  # run.json is written and the earlier run's files are gone before any rank writes
     return start
@@ -331,7 +388,12 @@ def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
         return {"complete": True, "run_id": plan.run_id}
 
     recipe, model, opt, sched = build(cfg, device, tp_group)
-    start = begin(cfg, plan, model, opt, sched, device, rank, store)
+    mesh = dcp_state.training_mesh(tp_group, dp_group, tp, dp, device.type)
+    ckpt_group = checkpoint.checkpoint_group()  # checkpoint collectives (gloo), apart from training's
+    start = begin(cfg, plan, model, opt, sched, mesh, ckpt_group, rank, store)
+    saver = checkpoint.Checkpointer(cfg.checkpoint.dir, plan.run_id, cfg.checkpoint.keep_last,
+                                    async_save=cfg.checkpoint.async_save, group=ckpt_group,
+                                    meta=checkpoint_meta(cfg, tp, dp))
     metrics = JsonlLog(out / rundir.METRICS, rank == 0, resume_step=start)
     monitor = HealthMonitor(model, tp_group) if cfg.train.health_interval and isinstance(recipe, NVFP4Recipe) else None
     health_log = JsonlLog(out / rundir.HEALTH, rank == 0 and monitor is not None, resume_step=start)
@@ -355,23 +417,32 @@ def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
             loss_t, grad_norm = train_step(x.to(device), y.to(device))
         timed += 1
         progress.update(step)
+        saver.poll()  # completes a background save once every rank has written it
         if health:
             t0 = time.perf_counter()
             stats = monitor.collect()
             health_log.write({"step": step, "layers": stats})
             tb.scalars(step, flatten(stats))
             extra_s += time.perf_counter() - t0
-        log_step = step % cfg.train.log_interval == 0 or step == cfg.train.steps
         save_step = step % cfg.checkpoint.interval == 0 or step == cfg.train.steps
-        if log_step or save_step:
+        log_step = step % cfg.train.log_interval == 0 or save_step  # a save step's record has its checkpoint_s
+        if log_step:
             loss = float(loss_t)  # the host sync: never inside train_step
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step}")
+        if save_step:  # before the record: the time it holds the step is checkpoint_s, not step_time_s
+            checkpoint_s = saver.save(step, train_state(cfg, model, opt, sched, mesh, step),
+                                      crash_hook=lambda saved=step: maybe_crash(cfg, rank, "checkpoint", saved))
+            extra_s += checkpoint_s
+            log.info("checkpoint step %d: %.3f s in the training loop%s", step, checkpoint_s,
+                     " (written in the background)" if cfg.checkpoint.async_save else "")
         if log_step:
             dt = (time.perf_counter() - t_mark - extra_s) / timed
             record = {"step": step, "loss": loss, "lr": float(sched.get_last_lr()[0]), "grad_norm": float(grad_norm),
                       "tokens_per_s": tokens_per_step / dt, "step_time_s": dt,
                       "peak_mem_gib": peak_memory_gib(device)}
+            if save_step:
+                record["checkpoint_s"] = checkpoint_s
             if device.type == "cuda":  # achieved TFLOP/s per GPU: 6 * params * tokens / step time / GPUs
                 record["tflops_per_gpu"] = 6 * n_matmul * tokens_per_step / dt / world / 1e12
             if step % cfg.train.eval_interval == 0 or step == cfg.train.steps:
@@ -380,13 +451,9 @@ def train(cfg: DictConfig, store: dist.Store | None = None) -> dict:
             tb.scalars(step, {tag: record.get(key) for key, tag in TENSORBOARD_TAGS.items()})
             progress.report(step, record, timed)
             t_mark, timed, extra_s = time.perf_counter(), 0, 0.0
-        if save_step:
-            t0 = time.perf_counter()
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "step": step, "config": OmegaConf.to_container(cfg)}
-            checkpoint.save(cfg.checkpoint.dir, step, state, cfg.checkpoint.keep_last, run_id=plan.run_id,
-                            crash_hook=lambda: maybe_crash(cfg, rank, "checkpoint", step))
-            extra_s += time.perf_counter() - t0
+    waited = saver.close()  # the last asynchronous save, completed
+    if cfg.checkpoint.async_save:
+        log.info("checkpoint step %d: waited %.3f s for its background write at the end", cfg.train.steps, waited)
     progress.close()
     elapsed = time.perf_counter() - t_run
     metrics.close()

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from fp4dist import checkpoint
 from launch import rundir
@@ -82,3 +83,18 @@ def test_refuses_another_config_files_without_run_json_and_foreign_checkpoints(t
 def test_timestamped_directories_are_never_shared(tmp_path):
     a, b = rundir.claim_timestamped_dir("nvfp4", tmp_path), rundir.claim_timestamped_dir("nvfp4", tmp_path)
     assert a != b and a.is_dir() and b.is_dir() and a.parent == tmp_path / "nvfp4"
+
+
+def test_another_layout_resumes_and_a_checkpoint_of_another_model_is_refused(tmp_path):
+    cfg = config(tmp_path / "run", "parallel.tp=2")
+    first = start(cfg)
+    meta = {"layout": {"tp": 2, "dp": 1}, "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "recipe": OmegaConf.to_container(cfg.recipe, resolve=True)}
+    checkpoint.save(cfg.checkpoint.dir, 3, {"x": torch.zeros(1)}, run_id=first.run_id, meta=meta)
+    for layout in ("parallel.tp=1", "parallel.tp=4", "parallel.sequence_parallel=false"):
+        again = rundir.plan(config(tmp_path / "run", layout))
+        assert (again.action, again.run_id) == ("resume", first.run_id), layout
+    meta["model"]["d_model"] = 256  # the manifest disagrees with run.json: the checkpoint is not this model's
+    checkpoint.save(cfg.checkpoint.dir, 6, {"x": torch.zeros(1)}, run_id=first.run_id, meta=meta)
+    text = refusal(config(tmp_path / "run", "parallel.tp=1"), "was written for another model or recipe", tmp_path)
+    assert "step_00000006" in text and "model.d_model: 256 there, 128 now" in text
