@@ -86,12 +86,33 @@ def _as_local(value):
 _OPTIONS = StateDictOptions(strict=True)
 
 
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give an optimizer without state its state: one step with zero gradients and lr 0 (the parameters stay
+    bit for bit as they were). ``get_state_dict`` / ``set_state_dict`` would do the same, but with a tensor lr
+    they swap in a CPU zero, which a fused, capturable CUDA optimizer cannot take; here a zero lr lives where
+    the lr lives."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if optimizer.state or any(p.grad is not None for p in params):
+        return
+    for p in params:
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = torch.zeros_like(g["lr"]) if isinstance(g["lr"], torch.Tensor) else 0.0
+    optimizer.step()
+    for g, lr in zip(optimizer.param_groups, lrs):
+        g["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+
+
 def model_and_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                               mesh: DeviceMesh | None) -> dict:
     """``{"model": {fqn: tensor}, "optimizer": {"state": {fqn: {...}}, "param_groups": [...]}}``, tensors as
     DTensors of this layout (see the module docstring), sharing storage with the live parameters and
     optimizer state. An optimizer without state yet gets it first (``get_state_dict`` takes a step with
     zero gradients and lr 0, which leaves the parameters bit for bit as they were)."""
+    init_optimizer_state(optimizer)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
     placements = tp_placements(model)
     model_sd = {fqn: _as_dtensor(t, placements.get(fqn, Replicate()), mesh) for fqn, t in model_sd.items()}
@@ -111,6 +132,7 @@ def load_model_and_optimizer_state(model: nn.Module, optimizer: torch.optim.Opti
     optim = loaded["optimizer"]
     optim_sd = {"state": {fqn: {k: _as_local(v) for k, v in entries.items()} for fqn, entries in optim["state"].items()},
                 "param_groups": optim["param_groups"]}
+    init_optimizer_state(optimizer)
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=_OPTIONS)
 
 

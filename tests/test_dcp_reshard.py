@@ -119,3 +119,22 @@ def test_a_tp2_checkpoint_loads_at_tp1_tp4_and_tp2xdp2_and_a_tp2xdp2_one_at_tp4(
             assert step == (3 if name == "tp2xdp2->tp4" else 2) and not diffs, f"{name}, rank {rank}: {diffs}"
     manifest = checkpoint.read_manifest(tp2dp2 / "step_00000003")
     assert manifest["layout"] == {"tp": 2, "dp": 2, "sequence_parallel": True} and manifest["world_size"] == 4
+
+
+def test_init_optimizer_state_keeps_parameters_and_a_tensor_lr_where_it_lives():
+    """The state-less optimizer's first state comes from a zero-lr step whose lr is a zero of the lr's own kind
+    (a fused CUDA optimizer takes no CPU lr); parameters stay bit for bit, the lr object comes back."""
+    from fp4dist.dcp_state import init_optimizer_state
+
+    model = torch.nn.Linear(32, 16)
+    before = [p.detach().clone() for p in model.parameters()]
+    lr = torch.tensor(1e-2, dtype=torch.float64)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    seen = []
+    step = opt.step
+    opt.step = lambda *a, **k: (seen.append(opt.param_groups[0]["lr"]), step(*a, **k))[1]
+    init_optimizer_state(opt)
+    assert len(seen) == 1 and isinstance(seen[0], torch.Tensor) and seen[0].dtype == lr.dtype and seen[0] == 0
+    assert opt.param_groups[0]["lr"] is lr and set(opt.state) == set(model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
