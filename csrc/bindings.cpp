@@ -3,6 +3,7 @@
 // this layer checks what would make a kernel read or write out of bounds, then launches on the current stream.
 
 #include <cstdint>
+#include <vector>
 
 #include <ATen/cuda/CUDAContextLight.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -194,16 +195,69 @@ void decode_operands(const at::Tensor& data_a, const at::Tensor& scale_a, const 
              "decode_operands");
 }
 
-void swap_first_dims(const at::Tensor& in, const at::Tensor& out, int64_t a, int64_t b, int64_t row_bytes) {
+// The bytes of t's storage from t's first element on (what a byte offset into t may reach).
+int64_t bytes_from(const at::Tensor& t) {
+  return static_cast<int64_t>(t.storage().nbytes()) - t.storage_offset() * static_cast<int64_t>(t.element_size());
+}
+
+// Part k: in bytes [a, b[k], row_bytes[k]] at in + in_offsets[k], slice i at + i * in_stride[k] (b[k] rows
+// contiguous) -> out [b[k], a, row_bytes[k]] at out + out_offsets[k]; in and out are byte offsets from each tensor's
+// first element (in may be a strided view: its storage bounds the reads), one launch for all parts.
+void swap_first_dims(const at::Tensor& in, const at::Tensor& out, int64_t a, const std::vector<int64_t>& in_offsets,
+                     const std::vector<int64_t>& in_stride, const std::vector<int64_t>& b,
+                     const std::vector<int64_t>& row_bytes, const std::vector<int64_t>& out_offsets) {
   TORCH_CHECK(in.is_cuda() && out.is_cuda() && in.device() == out.device(), "in and out must be on one CUDA device");
-  TORCH_CHECK(in.is_contiguous() && out.is_contiguous(), "in and out must be contiguous");
-  TORCH_CHECK(a >= 0 && b >= 0 && row_bytes >= 0 && in.nbytes() == static_cast<size_t>(a * b * row_bytes) &&
-                  out.nbytes() == in.nbytes(),
-              "in and out must hold a * b * row_bytes bytes");
+  TORCH_CHECK(out.is_contiguous() && !out.is_alias_of(in), "out must be contiguous and share no storage with in");
+  const size_t count = in_offsets.size();
+  TORCH_CHECK(count >= 1 && count <= static_cast<size_t>(fp4dist_cuda::kMaxSwapParts) && in_stride.size() == count &&
+                  b.size() == count && row_bytes.size() == count && out_offsets.size() == count,
+              "swap_first_dims: 1 to ", fp4dist_cuda::kMaxSwapParts, " parts, one entry per part in every list");
+  TORCH_CHECK(a >= 0, "swap_first_dims: a must be >= 0");
+  const int64_t in_bytes = bytes_from(in), out_bytes = static_cast<int64_t>(out.nbytes());
+  fp4dist_cuda::SwapPart parts[fp4dist_cuda::kMaxSwapParts];
+  for (size_t k = 0; k < count; ++k) {
+    const int64_t slice = b[k] * row_bytes[k];
+    TORCH_CHECK(b[k] >= 0 && row_bytes[k] >= 0 && in_offsets[k] >= 0 && out_offsets[k] >= 0, "swap_first_dims part ",
+                k, ": negative size or offset");
+    TORCH_CHECK(a <= 1 || in_stride[k] >= slice, "swap_first_dims part ", k, ": in_stride ", in_stride[k],
+                " is less than a slice (", slice, " bytes)");
+    TORCH_CHECK(a * slice == 0 || in_offsets[k] + (a - 1) * (a > 1 ? in_stride[k] : 0) + slice <= in_bytes,
+                "swap_first_dims part ", k, ": reads past the end of in");
+    TORCH_CHECK(out_offsets[k] + a * slice <= out_bytes, "swap_first_dims part ", k, ": writes past the end of out");
+    parts[k].in = static_cast<const uint8_t*>(in.data_ptr()) + in_offsets[k];
+    parts[k].out = static_cast<uint8_t*>(out.data_ptr()) + out_offsets[k];
+    parts[k].b = b[k];
+    parts[k].row_bytes = row_bytes[k];
+    parts[k].in_stride = in_stride[k];
+  }
   const c10::cuda::CUDAGuard guard(in.device());
-  check_cuda(fp4dist_cuda::launch_swap_first_dims(in.data_ptr(), out.data_ptr(), a, b, row_bytes,
+  check_cuda(fp4dist_cuda::launch_swap_first_dims(parts, static_cast<int>(count), a,
                                                   c10::cuda::getCurrentCUDAStream().stream()),
              "swap_first_dims");
+}
+
+// gathered: the gathered bytes; the trailers are rows of 4 int64 at byte offset + r * stride. bad_count: int64 [],
+// record: int64 [rows, 4] contiguous, both on gathered's device.
+void check_trailers(const at::Tensor& gathered, int64_t offset, int64_t stride, int64_t rows, const at::Tensor& bad_count,
+                    const at::Tensor& record) {
+  TORCH_CHECK(gathered.is_cuda() && gathered.is_contiguous(), "check_trailers: gathered must be a contiguous CUDA tensor");
+  TORCH_CHECK(rows >= 1 && offset >= 0 && stride >= 32 && offset % 8 == 0 && stride % 8 == 0 &&
+                  reinterpret_cast<uintptr_t>(gathered.data_ptr()) % 8 == 0,
+              "check_trailers: trailers must be 8-byte aligned rows of 32 bytes or more apart");
+  TORCH_CHECK(offset + (rows - 1) * stride + 32 <= static_cast<int64_t>(gathered.nbytes()),
+              "check_trailers: the trailers reach past the end of gathered");
+  for (const at::Tensor* t : {&bad_count, &record}) {
+    TORCH_CHECK(t->is_cuda() && t->device() == gathered.device() && t->scalar_type() == at::kLong && t->is_contiguous(),
+                "check_trailers: bad_count and record must be contiguous int64 tensors on ", gathered.device());
+  }
+  TORCH_CHECK(bad_count.numel() == 1 && record.numel() == rows * 4, "check_trailers: bad_count must hold 1 element and "
+              "record ", rows * 4);
+  const c10::cuda::CUDAGuard guard(gathered.device());
+  check_cuda(fp4dist_cuda::launch_check_trailers(
+                 reinterpret_cast<const int64_t*>(static_cast<const uint8_t*>(gathered.data_ptr()) + offset), rows,
+                 stride / 8, bad_count.data_ptr<int64_t>(), record.data_ptr<int64_t>(),
+                 c10::cuda::getCurrentCUDAStream().stream()),
+             "check_trailers");
 }
 
 void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, const at::Tensor& out) {
@@ -239,6 +293,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amax", &amax, "amax pass: out[0] = max|X|, out[1] = max|columnwise source|");
   m.def("dequantize", &dequantize, "NVFP4 dequantize of one layout (2-D, or 3-D slices)");
   m.def("decode_operands", &decode_operands, "a GEMM's two NVFP4 operands without global scales, alpha, shift");
-  m.def("swap_first_dims", &swap_first_dims, "[a, b, row_bytes] -> [b, a, row_bytes]");
+  m.def("swap_first_dims", &swap_first_dims, "parts [a, b, row_bytes] (strided slices) -> [b, a, row_bytes], one launch");
+  m.def("check_trailers", &check_trailers, "all_gather_nvfp4's device check of the gathered trailers");
   m.def("gemm_alpha", &gemm_alpha, "out = alpha * a @ b^T (cuBLAS, fp32 accumulation, alpha on the device)");
 }
