@@ -88,7 +88,8 @@ class GatherPlan:
 
     ``where``: the :class:`GatheredLayout` (views of the gathered bytes, reorder arguments); ``kernels``: the CUDA
     backend when the shard's backend resolves to it (one launch each for the check and the reorder), else None
-    (torch ops); ``check``: the group's device check on this device.
+    (torch ops); ``check``: the group's device check on this device; ``finisher``: on the CUDA backend outside
+    torch.compile, the C++ object that launches the check and the reorder and makes the views in one call.
     """
 
     def __init__(self, t: NVFP4Tensor, validate: str, world: int, rank: int, check):
@@ -99,6 +100,9 @@ class GatherPlan:
         kernels = backends.select(t.backend, t.device)
         self.kernels = None if kernels is reference else kernels
         self.swap = swap_first_dims_parts_torch if self.kernels is None else self.kernels.swap_first_dims_parts
+        # CUDA, eager: the check, the reorder and the views in one C++ call
+        self.finisher = None if self.kernels is None or torch.compiler.is_compiling() or self.always else \
+            self.kernels.gather_finisher(self.where, check.count, check.record)
         self.shape = torch.Size((t.shape[0] * world, *t.shape[1:]))
         self.row_base = rank * self.layout.m
 
@@ -117,15 +121,19 @@ class GatherPlan:
 
     def finish(self, gathered: torch.Tensor, t: NVFP4Tensor, compiling: bool = False) -> NVFP4Tensor:
         """The gathered NVFP4Tensor: views of ``gathered`` (and the reorder's output), after the check."""
-        if self.always and not compiling:
-            check_trailers_now(self.where.trailers(gathered))
+        if self.finisher is not None and not compiling:
+            rd, rs, cd, cs, amax_r, amax_c = self.finisher(gathered)
         else:
-            self.check.update(gathered, self.where, self.kernels)
-        c = self.where.components(gathered, self.swap)
-        get = c.get
+            if self.always and not compiling:
+                check_trailers_now(self.where.trailers(gathered))
+            else:
+                self.check.update(gathered, self.where, self.kernels)
+            c = self.where.components(gathered, self.swap)
+            rd, rs, cd, cs = (c.get(k) for k in ("rowwise_data", "rowwise_scale_inv", "columnwise_data",
+                                                 "columnwise_scale_inv"))
+            amax_r, amax_c = c.get("amax_rowwise"), c.get("amax_columnwise")
         return NVFP4Tensor(
-            get("rowwise_data"), get("rowwise_scale_inv"), get("columnwise_data"), get("columnwise_scale_inv"),
-            get("amax_rowwise"), get("amax_columnwise"), self.shape, t.dtype, block_2d=t.block_2d, rht=t.rht,
+            rd, rs, cd, cs, amax_r, amax_c, self.shape, t.dtype, block_2d=t.block_2d, rht=t.rht,
             backend=t.backend, stochastic_rounding=t.stochastic_rounding, seed=t.seed, rng_offset=t.rng_offset,
             row_offset=t.row_offset - self.row_base if t.stochastic_rounding else 0)
 

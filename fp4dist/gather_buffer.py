@@ -196,12 +196,12 @@ def _align(nbytes: int) -> int:
 
 def swap_first_dims_parts_torch(src: torch.Tensor, a: int, in_offsets, in_stride, rows, row_bytes, out_offsets,
                                 out_nbytes: int) -> torch.Tensor:
-    """The torch form of the CUDA ``swap_first_dims_parts`` (same bytes): part k of uint8 ``src``, [a, rows[k],
-    row_bytes[k]] at in_offsets[k] with slice i at + i * in_stride[k], as [rows[k], a, row_bytes[k]] at
-    out_offsets[k] of a new uint8 [out_nbytes] (one copy per part)."""
+    """The torch form of the CUDA ``swap_first_dims_parts`` (same bytes): part k of uint8 ``src`` (a tensor of its own
+    storage, offset 0), [a, rows[k], row_bytes[k]] at in_offsets[k] with slice i at + i * in_stride[k], as
+    [rows[k], a, row_bytes[k]] at out_offsets[k] of a new uint8 [out_nbytes] (one copy per part)."""
     out = torch.empty(out_nbytes, dtype=torch.uint8, device=src.device)
     for off, stride, b, r, o in zip(in_offsets, in_stride, rows, row_bytes, out_offsets):
-        part = src.as_strided((a, b, r), (stride, r, 1), src.storage_offset() + off)
+        part = src.as_strided((a, b, r), (stride, r, 1), off)
         out[o:o + a * b * r].view(b, a, r).copy_(part.transpose(0, 1))
     return out
 

@@ -333,3 +333,25 @@ def check_trailers(gathered: torch.Tensor, offset: int, stride: int, rows: int, 
     """The gather's device check in one launch: the trailers, ``rows`` rows of 4 int64 at byte ``offset + r * stride``
     of ``gathered``, compared with row 0; on a difference record (int64 [rows, 4]) = them and bad_count += 1."""
     _kernels().check_trailers(gathered, offset, stride, rows, bad_count, record)
+
+
+_SLOTS = {"rowwise_data": 0, "rowwise_scale_inv": 1, "columnwise_data": 2, "columnwise_scale_inv": 3}
+
+
+def gather_finisher(where, bad_count: torch.Tensor, record: torch.Tensor):
+    """The C++ end of a steady-state gather for ``where`` (a ``fp4dist.gather_buffer.GatheredLayout``): called with
+    the gathered bytes it launches the device check (and the columnwise reorder where ``where`` has one) and returns
+    (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv, amax_rowwise, amax_columnwise), None
+    where absent: the same tensors as ``where.components`` after ``check.update``, in one call."""
+    def views(spec):
+        return [(_SLOTS[name], list(size), list(stride), off, dtype is torch.float8_e4m3fn)
+                for name, size, stride, off, dtype in spec]
+
+    if where.swap is None:
+        swap = ([], [], [], [], [], 0)
+    else:
+        _, in_offsets, in_stride, rows, row_bytes, out_offsets, out_nbytes = where.swap
+        swap = (in_offsets, in_stride, rows, row_bytes, out_offsets, out_nbytes)
+    return _kernels().GatherFinish(where.nbytes, where.world, views(where.views), views(where.swapped_views), *swap,
+                                   where.amax_index, where.layout.rowwise, where.layout.columnwise,
+                                   where.trailer_offset, where.trailer_stride, bad_count.reshape(1), record)

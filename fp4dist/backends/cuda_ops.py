@@ -205,3 +205,8 @@ def check_trailers(gathered, offset, stride, rows, bad_count, record):
     if not torch.compiler.is_compiling():
         return cuda.check_trailers(gathered, offset, stride, rows, bad_count, record)
     return torch.ops.fp4dist.check_trailers(gathered, offset, stride, rows, bad_count, record)
+
+
+def gather_finisher(where, bad_count, record):
+    """Eager only (a C++ object that torch.compile does not trace): see cuda.gather_finisher."""
+    return cuda.gather_finisher(where, bad_count, record)
