@@ -3,6 +3,7 @@
 // this layer checks what would make a kernel read or write out of bounds, then launches on the current stream.
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -312,8 +313,9 @@ class GatherFinish {
     check_views(swapped_views_, swap_out_nbytes);
   }
 
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> operator()(
-      const at::Tensor& gathered) const {
+  using Maybe = std::optional<at::Tensor>;  // None in Python where a layout is absent
+
+  std::tuple<Maybe, Maybe, Maybe, Maybe, Maybe, Maybe> operator()(const at::Tensor& gathered) const {
     TORCH_CHECK(gathered.device() == bad_count_.device() && gathered.scalar_type() == at::kByte &&
                     gathered.is_contiguous() && gathered.storage_offset() == 0 &&
                     static_cast<int64_t>(gathered.nbytes()) == nbytes_ &&
@@ -347,7 +349,8 @@ class GatherFinish {
       if (rowwise_) amax_r = f.select(0, amax_index_);
       if (columnwise_) amax_c = f.select(0, amax_index_ + 1);
     }
-    return {slots[0], slots[1], slots[2], slots[3], amax_r, amax_c};
+    const auto maybe = [](const at::Tensor& t) { return t.defined() ? Maybe(t) : Maybe(); };
+    return {maybe(slots[0]), maybe(slots[1]), maybe(slots[2]), maybe(slots[3]), maybe(amax_r), maybe(amax_c)};
   }
 
  private:

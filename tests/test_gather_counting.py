@@ -1,5 +1,6 @@
 """What one all_gather_nvfp4 costs: collectives, host reads, copies and aten ops counted per gather (spawned gloo
-ranks), and on CUDA the kernels of a steady-state gather and its capture in a CUDA graph (NCCL, world 1).
+ranks; on CUDA, NCCL: no host sync). The kernels of a gather on one GPU and its CUDA-graph capture:
+tests/test_gather_kernels.py.
 
 The torch.distributed collectives and the Tensor methods that read a value on the host are wrapped with
 counters around each gather; the shards are quantized outside the counted region.
