@@ -1,15 +1,10 @@
-"""Benchmark all_gather_nvfp4 against a bf16 all-gather of the same logical tensor.
+"""Benchmark all_gather_nvfp4 against a bf16 all-gather of the same logical tensor, eagerly and in CUDA graphs.
 
     python benchmarks/bench_gather.py --nproc 1 --device cuda                          # NCCL, one GPU
     python benchmarks/bench_gather.py --nproc 2 --device cuda --sizes-mb 16 64 256     # NCCL, >= 2 GPUs
-    python benchmarks/bench_gather.py --nproc 2 --device cpu --sizes-mb 1              # gloo on CPUs
+    python benchmarks/bench_gather.py --nproc 1 --device cpu --sizes-mb 1 --iters 5    # gloo on CPUs (smoke test)
 
-Sizes are of the full (gathered) bf16 tensor [tokens, 4096] (default 16 MB .. 1 GB). Per size and variant:
-bytes on the wire per logical element, the median time per gather over ``--iters`` runs (CUDA events on a
-GPU, after a barrier; wall clock on CPUs), the speed-up over bf16, and per gather the collectives, the host
-reads (Tensor.tolist / item / ...; on a GPU also the syncs that ``torch.cuda.set_sync_debug_mode`` reports)
-and the device kernels (torch.profiler, CUDA; on CPUs the aten ops other than views and allocations) of a
-steady-state gather. Variants:
+Sizes are of the full (gathered) bf16 tensor [tokens, 4096] (default 16 MB .. 1 GB). Variants:
 
 * bf16: ``all_gather_single`` of the bf16 shard;
 * rowwise / both: ``all_gather_nvfp4`` of a shard made by ``quantize_for_gather`` (rowwise only, or rowwise +
@@ -17,7 +12,18 @@ steady-state gather. Variants:
 * rowwise copy-in / both copy-in: the same of a shard made by ``NVFP4Quantizer.quantize`` (copied into a
   buffer at each gather).
 
-With --nproc larger than the GPU count the ranks share GPUs over gloo: the times then say nothing about NCCL.
+Each variant runs in two modes. ``eager``: the call itself, timed from a CUDA event recorded before the call
+to one after it on an idle GPU (so the time is the longer of the host's issue time and the GPU's work), after
+a barrier; wall clock on CPUs. ``graph`` (NCCL only): the same call captured once in a CUDA graph (after the
+eager warm-ups that validate the signature) and timed as ``graph.replay()``: the GPU's work alone. Per row:
+bytes on the wire per logical element, the median ms over ``--iters`` runs, the speed-up over bf16 in the same
+mode, the median host time of the call (us, wall clock of issuing it), and per gather the collectives and host
+reads (Tensor.tolist / item / ...; on a GPU also the syncs that ``torch.cuda.set_sync_debug_mode`` reports) of
+the Python calls (in graph mode: those made while capturing) and the device kernels (torch.profiler CUDA
+kernel and memcpy events per call or per replay; on CPUs the aten ops other than views and allocations).
+
+With --nproc larger than the GPU count the ranks share GPUs over gloo: the times then say nothing about NCCL
+and the graph mode is skipped.
 """
 
 from __future__ import annotations
@@ -37,33 +43,37 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fp4dist import NVFP4Quantizer
 from fp4dist.collectives import all_gather_single
-from fp4dist.distributed import all_gather_nvfp4, quantize_for_gather
+from fp4dist.distributed import all_gather_nvfp4, check_gathers, quantize_for_gather
 
 HIDDEN = 4096
 _COLLECTIVES = ("all_gather_single", "all_gather_into_tensor", "all_reduce", "broadcast", "all_gather", "barrier")
 _HOST_READS = ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__")
 
 
-def timed(fn, device: torch.device, iters: int) -> float:
-    """Median seconds of fn() over iters runs, after 3 warm-ups; every rank starts each run together."""
+def timed(fn, device: torch.device, iters: int) -> tuple[float, float]:
+    """(median seconds of fn() over iters runs, median host seconds of issuing it), after 3 warm-ups; every rank
+    starts each run together, on an idle device."""
     for _ in range(3):
         fn()
-    times = []
+    times, host = [], []
     for _ in range(iters):
         dist.barrier()
         if device.type == "cuda":
             torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
+            t0 = time.perf_counter()
             fn()
+            host.append(time.perf_counter() - t0)
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            host.append(time.perf_counter() - t0)
+            times.append(host[-1])
+    return statistics.median(times), statistics.median(host)
 
 
 class _OpCount(TorchDispatchMode):
@@ -75,70 +85,105 @@ class _OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def costs(fn, device: torch.device, calls: int = 4) -> dict[str, float]:
-    """Per call of fn (already warm): collectives, host reads / syncs, and CUDA kernels (on CPUs the aten ops
-    that are neither views nor allocations, the collective included)."""
-    counts = {"collectives": 0, "host reads": 0}
-    saved = []
+class _Calls:
+    """Counts the collectives and host reads made while active (wrapped torch.distributed / Tensor methods) and,
+    on a GPU, the syncs that set_sync_debug_mode("warn") reports."""
 
-    def wrap(owner, name, key):
+    def __init__(self, device: torch.device):
+        self.device, self.counts, self._saved = device, {"collectives": 0, "host reads": 0}, []
+
+    def _wrap(self, owner, name, key):
         original = getattr(owner, name)
-        saved.append((owner, name, original))
+        self._saved.append((owner, name, original))
 
         def counted(*args, **kwargs):
-            counts[key] += 1
+            self.counts[key] += 1
             return original(*args, **kwargs)
 
         setattr(owner, name, counted)
 
-    for name in _COLLECTIVES:
-        if hasattr(dist, name):
-            wrap(dist, name, "collectives")
-    for name in _HOST_READS:
-        wrap(torch.Tensor, name, "host reads")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if device.type == "cuda":
-                torch.cuda.set_sync_debug_mode("warn")
-            for _ in range(calls):
-                fn()
-            if device.type == "cuda":
-                torch.cuda.set_sync_debug_mode("default")
-    finally:
-        for owner, name, original in saved:
-            setattr(owner, name, original)
-    syncs = sum("synchroniz" in str(w.message) for w in caught)
-    out = {k: v / calls for k, v in counts.items()}
-    out["host reads"] = max(counts["host reads"], syncs) / calls
-    if device.type == "cuda":
-        from torch.profiler import ProfilerActivity, profile
+    def __enter__(self):
+        for name in _COLLECTIVES:
+            if hasattr(dist, name):
+                self._wrap(dist, name, "collectives")
+        for name in _HOST_READS:
+            self._wrap(torch.Tensor, name, "host reads")
+        self._warnings = warnings.catch_warnings(record=True)
+        self._caught = self._warnings.__enter__()
+        warnings.simplefilter("always")
+        if self.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
 
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
-        kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-        out["kernels"] = kernels / calls
-    else:
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+        self._warnings.__exit__(*exc)
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+        syncs = sum("synchroniz" in str(w.message) for w in self._caught)
+        self.counts["host reads"] = max(self.counts["host reads"], syncs)
+        return False
+
+
+def _kernels(fn, device: torch.device, calls: int) -> float:
+    """Device kernels (and memcpys) per call of fn; on CPUs the aten ops that are neither views nor allocations."""
+    if device.type != "cuda":
         mode = _OpCount()
         mode.ops = 0
         with mode:
             for _ in range(calls):
                 fn()
-        out["kernels"] = mode.ops / calls
+        return mode.ops / calls
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / calls
+
+
+def eager_costs(fn, device: torch.device, calls: int = 4) -> dict[str, float]:
+    """Per call of fn (already warm): collectives, host reads / syncs, kernels."""
+    with _Calls(device) as c:
+        for _ in range(calls):
+            fn()
+    out = {k: v / calls for k, v in c.counts.items()}
+    out["kernels"] = _kernels(fn, device, calls)
     return out
 
 
-def worker(rank, world, store, device_kind, sizes_mb, iters, results):
+def capture(fn, device: torch.device):
+    """(graph.replay, costs of the captured call): fn (already warm: its signature validated) captured in a CUDA
+    graph; its collectives and host reads counted while capturing, its kernels per replay."""
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # a warm-up on the capture's side stream, as torch.cuda.graphs advises
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    with _Calls(device) as c:
+        with torch.cuda.graph(graph):
+            fn()
+    torch.cuda.synchronize(device)
+    out = dict(c.counts)
+    out["kernels"] = _kernels(graph.replay, device, 4)
+    return graph, out
+
+
+def worker(rank, world, store, device_kind, sizes_mb, iters, graphs, results):
     use_nccl = device_kind == "cuda" and torch.cuda.device_count() >= world
     device = torch.device("cuda", rank % torch.cuda.device_count()) if device_kind == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if use_nccl else "gloo", init_method=f"file://{store}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(minutes=5))
+                            world_size=world, timeout=datetime.timedelta(minutes=5),
+                            **({"device_id": device} if use_nccl else {}))
     group = dist.group.WORLD
+    modes = ("eager", "graph") if use_nccl and graphs else ("eager",)
     rows = []
     for mb in sizes_mb:
         tokens = max(16 * world, (mb * 2**20 // (2 * HIDDEN)) // (16 * world) * (16 * world))
@@ -152,29 +197,58 @@ def worker(rank, world, store, device_kind, sizes_mb, iters, results):
                 wire = sum(c.numel() * c.element_size() for k, c in t.component_tensors().items() if "amax" not in k)
                 variants[label] = ((lambda t=t: all_gather_nvfp4(t, group)), wire / shard.numel())
         for label, (fn, bytes_per_elem) in variants.items():
-            seconds = timed(fn, device, iters)
-            rows.append({"size_mb": tokens * HIDDEN * 2 / 2**20, "variant": label, "bytes": bytes_per_elem,
-                         "seconds": seconds, **costs(fn, device)})
+            for mode in modes:
+                if mode == "eager":
+                    run, cost = fn, None
+                else:
+                    fn()  # warm (validates a signature first seen here)
+                    graph, cost = capture(fn, device)
+                    run = graph.replay
+                seconds, host = timed(run, device, iters)
+                cost = cost or eager_costs(fn, device)
+                rows.append({"size_mb": tokens * HIDDEN * 2 / 2**20, "variant": label, "mode": mode,
+                             "bytes": bytes_per_elem, "seconds": seconds, "host": host, **cost})
+                if mode == "graph":
+                    del graph
+        check_gathers(group)  # every gather's shards agreed (raises on every rank otherwise)
         del shard, full, variants
         if device.type == "cuda":
+            torch.cuda.synchronize()
             torch.cuda.empty_cache()
     if rank == 0:
         results.put(rows)
     dist.destroy_process_group()
 
 
-def table(rows, args, backend: str) -> str:
+def tables(rows, args, backend: str) -> str:
+    """A summary (bf16 / rowwise / both, speed-ups, per mode) and the table of every row."""
+    base = {(r["size_mb"], r["mode"]): r["seconds"] for r in rows if r["variant"] == "bf16"}
+    by = {(r["size_mb"], r["mode"], r["variant"]): r for r in rows}
+    modes = sorted({r["mode"] for r in rows}, key=("eager", "graph").index)
+    sizes = sorted({r["size_mb"] for r in rows})
+
+    def per_gather(r):
+        return f"{r['collectives']:g} / {r['host reads']:g} / {r['kernels']:g}"
+
     lines = [f"all_gather_nvfp4 vs bf16, {args.nproc} rank(s), {args.device} ({backend}), hidden {HIDDEN}, "
-             f"median of {args.iters}; per gather: collectives, host reads/syncs, "
+             f"median of {args.iters}; per gather: collectives / host reads / "
              f"{'CUDA kernels' if args.device == 'cuda' else 'aten ops (no views, no allocations)'}",
              "",
-             "| bf16 MB | variant | bytes/elem | ms | vs bf16 | collectives | host reads | kernels |",
-             "|---|---|---|---|---|---|---|---|"]
-    bf16 = {r["size_mb"]: r["seconds"] for r in rows if r["variant"] == "bf16"}
+             "| bf16 MB | mode | bf16 ms | rowwise ms | vs bf16 | both ms | vs bf16 | per gather (bf16; rowwise; both) |",
+             "|---:|---|---:|---:|---:|---:|---:|---|"]
+    for mb in sizes:
+        for mode in modes:
+            b, rw, both = (by[(mb, mode, v)] for v in ("bf16", "rowwise", "both"))
+            lines.append(f"| {mb:.0f} | {mode} | {1e3 * b['seconds']:.3f} | {1e3 * rw['seconds']:.3f} | "
+                         f"{b['seconds'] / rw['seconds']:.2f}x | {1e3 * both['seconds']:.3f} | "
+                         f"{b['seconds'] / both['seconds']:.2f}x | {per_gather(b)}; {per_gather(rw)}; "
+                         f"{per_gather(both)} |")
+    lines += ["", "| bf16 MB | variant | mode | bytes/elem | ms | vs bf16 | host us | collectives | host reads | "
+              "kernels |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['size_mb']:.0f} | {r['variant']} | {r['bytes']:.4f} | {1e3 * r['seconds']:.3f} | "
-                     f"{bf16[r['size_mb']] / r['seconds']:.2f}x | {r['collectives']:g} | {r['host reads']:g} | "
-                     f"{r['kernels']:g} |")
+        lines.append(f"| {r['size_mb']:.0f} | {r['variant']} | {r['mode']} | {r['bytes']:.4f} | "
+                     f"{1e3 * r['seconds']:.3f} | {base[(r['size_mb'], r['mode'])] / r['seconds']:.2f}x | "
+                     f"{1e6 * r['host']:.1f} | {r['collectives']:g} | {r['host reads']:g} | {r['kernels']:g} |")
     return "\n".join(lines)
 
 
@@ -184,14 +258,15 @@ def main() -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sizes-mb", type=int, nargs="+", default=[16, 64, 256, 1024])
     ap.add_argument("--iters", type=int, default=50)
-    ap.add_argument("--out", help="also write the table (markdown) here")
+    ap.add_argument("--no-graphs", action="store_true", help="skip the CUDA graph mode")
+    ap.add_argument("--out", help="also write the tables (markdown) here")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
         procs = [ctx.Process(target=worker, args=(r, args.nproc, store, args.device, args.sizes_mb, args.iters,
-                                                  results)) for r in range(args.nproc)]
+                                                  not args.no_graphs, results)) for r in range(args.nproc)]
         for p in procs:
             p.start()
         rows = None
@@ -207,7 +282,7 @@ def main() -> None:
         for p in procs:
             p.join()
     n_gpus = torch.cuda.device_count() if args.device == "cuda" else 0
-    text = table(rows, args, "nccl" if args.device == "cuda" and n_gpus >= args.nproc else "gloo")
+    text = tables(rows, args, "nccl" if args.device == "cuda" and n_gpus >= args.nproc else "gloo")
     print(text)
     if args.out:
         with open(args.out, "w") as f:

@@ -5,6 +5,10 @@
 #include <array>
 #include <cstdint>
 #include <mutex>
+#include <optional>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include <ATen/cuda/CUDAContextLight.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
@@ -197,14 +201,43 @@ void decode_operands(const at::Tensor& data_a, const at::Tensor& scale_a, const 
              "decode_operands");
 }
 
-void swap_first_dims(const at::Tensor& in, const at::Tensor& out, int64_t a, int64_t b, int64_t row_bytes) {
+// The bytes of t's storage from t's first element on (what a byte offset into t may reach).
+int64_t bytes_from(const at::Tensor& t) {
+  return static_cast<int64_t>(t.storage().nbytes()) - t.storage_offset() * static_cast<int64_t>(t.element_size());
+}
+
+// Part k: in bytes [a, b[k], row_bytes[k]] at in + in_offsets[k], slice i at + i * in_stride[k] (b[k] rows
+// contiguous) -> out [b[k], a, row_bytes[k]] at out + out_offsets[k]; in and out are byte offsets from each tensor's
+// first element (in may be a strided view: its storage bounds the reads), one launch for all parts.
+void swap_first_dims(const at::Tensor& in, const at::Tensor& out, int64_t a, const std::vector<int64_t>& in_offsets,
+                     const std::vector<int64_t>& in_stride, const std::vector<int64_t>& b,
+                     const std::vector<int64_t>& row_bytes, const std::vector<int64_t>& out_offsets) {
   TORCH_CHECK(in.is_cuda() && out.is_cuda() && in.device() == out.device(), "in and out must be on one CUDA device");
-  TORCH_CHECK(in.is_contiguous() && out.is_contiguous(), "in and out must be contiguous");
-  TORCH_CHECK(a >= 0 && b >= 0 && row_bytes >= 0 && in.nbytes() == static_cast<size_t>(a * b * row_bytes) &&
-                  out.nbytes() == in.nbytes(),
-              "in and out must hold a * b * row_bytes bytes");
+  TORCH_CHECK(out.is_contiguous() && !out.is_alias_of(in), "out must be contiguous and share no storage with in");
+  const size_t count = in_offsets.size();
+  TORCH_CHECK(count >= 1 && count <= static_cast<size_t>(fp4dist_cuda::kMaxSwapParts) && in_stride.size() == count &&
+                  b.size() == count && row_bytes.size() == count && out_offsets.size() == count,
+              "swap_first_dims: 1 to ", fp4dist_cuda::kMaxSwapParts, " parts, one entry per part in every list");
+  TORCH_CHECK(a >= 0, "swap_first_dims: a must be >= 0");
+  const int64_t in_bytes = bytes_from(in), out_bytes = static_cast<int64_t>(out.nbytes());
+  fp4dist_cuda::SwapPart parts[fp4dist_cuda::kMaxSwapParts];
+  for (size_t k = 0; k < count; ++k) {
+    const int64_t slice = b[k] * row_bytes[k];
+    TORCH_CHECK(b[k] >= 0 && row_bytes[k] >= 0 && in_offsets[k] >= 0 && out_offsets[k] >= 0, "swap_first_dims part ",
+                k, ": negative size or offset");
+    TORCH_CHECK(a <= 1 || in_stride[k] >= slice, "swap_first_dims part ", k, ": in_stride ", in_stride[k],
+                " is less than a slice (", slice, " bytes)");
+    TORCH_CHECK(a * slice == 0 || in_offsets[k] + (a - 1) * (a > 1 ? in_stride[k] : 0) + slice <= in_bytes,
+                "swap_first_dims part ", k, ": reads past the end of in");
+    TORCH_CHECK(out_offsets[k] + a * slice <= out_bytes, "swap_first_dims part ", k, ": writes past the end of out");
+    parts[k].in = static_cast<const uint8_t*>(in.data_ptr()) + in_offsets[k];
+    parts[k].out = static_cast<uint8_t*>(out.data_ptr()) + out_offsets[k];
+    parts[k].b = b[k];
+    parts[k].row_bytes = row_bytes[k];
+    parts[k].in_stride = in_stride[k];
+  }
   const c10::cuda::CUDAGuard guard(in.device());
-  check_cuda(fp4dist_cuda::launch_swap_first_dims(in.data_ptr(), out.data_ptr(), a, b, row_bytes,
+  check_cuda(fp4dist_cuda::launch_swap_first_dims(parts, static_cast<int>(count), a,
                                                   c10::cuda::getCurrentCUDAStream().stream()),
              "swap_first_dims");
 }
@@ -225,6 +258,152 @@ at::Tensor device_zero(const at::Tensor& like) {
   }
   return zero;
 }
+
+// gathered: the gathered bytes; the trailers are rows of 4 int64 at byte offset + r * stride. bad_count: int64 [],
+// record: int64 [rows, 4] contiguous, both on gathered's device.
+void check_trailers(const at::Tensor& gathered, int64_t offset, int64_t stride, int64_t rows, const at::Tensor& bad_count,
+                    const at::Tensor& record) {
+  TORCH_CHECK(gathered.is_cuda() && gathered.is_contiguous(), "check_trailers: gathered must be a contiguous CUDA tensor");
+  TORCH_CHECK(rows >= 1 && offset >= 0 && stride >= 32 && offset % 8 == 0 && stride % 8 == 0 &&
+                  reinterpret_cast<uintptr_t>(gathered.data_ptr()) % 8 == 0,
+              "check_trailers: trailers must be 8-byte aligned rows of 32 bytes or more apart");
+  TORCH_CHECK(offset + (rows - 1) * stride + 32 <= static_cast<int64_t>(gathered.nbytes()),
+              "check_trailers: the trailers reach past the end of gathered");
+  for (const at::Tensor* t : {&bad_count, &record}) {
+    TORCH_CHECK(t->is_cuda() && t->device() == gathered.device() && t->scalar_type() == at::kLong && t->is_contiguous(),
+                "check_trailers: bad_count and record must be contiguous int64 tensors on ", gathered.device());
+  }
+  TORCH_CHECK(bad_count.numel() == 1 && record.numel() == rows * 4, "check_trailers: bad_count must hold 1 element and "
+              "record ", rows * 4);
+  const c10::cuda::CUDAGuard guard(gathered.device());
+  check_cuda(fp4dist_cuda::launch_check_trailers(
+                 reinterpret_cast<const int64_t*>(static_cast<const uint8_t*>(gathered.data_ptr()) + offset), rows,
+                 stride / 8, bad_count.data_ptr<int64_t>(), record.data_ptr<int64_t>(),
+                 c10::cuda::getCurrentCUDAStream().stream()),
+             "check_trailers");
+}
+
+// The end of a steady-state all_gather_nvfp4 on the CUDA backend, built once per signature and group
+// (fp4dist/distributed.py GatherPlan; the arguments are fp4dist/gather_buffer.py GatheredLayout's): given the
+// gathered bytes uint8 [nbytes], launch the device check of the trailers and, where the layout has one, the
+// columnwise reorder, and return the six components (rowwise data / scales, columnwise data / scales, rowwise /
+// columnwise amax; None where absent) as views, in one call.
+class GatherFinish {
+ public:
+  // A view: (component slot 0..3, sizes, strides, byte offset, is E4M3 scales).
+  using View = std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>, int64_t, bool>;
+
+  GatherFinish(int64_t nbytes, int64_t world, std::vector<View> views, std::vector<View> swapped_views,
+               std::vector<int64_t> swap_in_offsets, std::vector<int64_t> swap_in_stride, std::vector<int64_t> swap_rows,
+               std::vector<int64_t> swap_row_bytes, std::vector<int64_t> swap_out_offsets, int64_t swap_out_nbytes,
+               int64_t amax_index, bool rowwise, bool columnwise, int64_t trailer_offset, int64_t trailer_stride,
+               at::Tensor bad_count, at::Tensor record)
+      : nbytes_(nbytes), world_(world), views_(std::move(views)), swapped_views_(std::move(swapped_views)),
+        swap_out_nbytes_(swap_out_nbytes), amax_index_(amax_index), rowwise_(rowwise), columnwise_(columnwise),
+        trailer_offset_(trailer_offset), trailer_stride_(trailer_stride), bad_count_(std::move(bad_count)),
+        record_(std::move(record)) {
+    TORCH_CHECK(world >= 1 && trailer_offset % 8 == 0 && trailer_stride % 8 == 0 && trailer_stride >= 32 &&
+                    trailer_offset + (world - 1) * trailer_stride + 32 <= nbytes,
+                "GatherFinish: the trailers must be 8-byte aligned rows inside the gathered bytes");
+    TORCH_CHECK(amax_index >= 0 && (amax_index + 2) * 4 <= nbytes, "GatherFinish: amax_index out of range");
+    TORCH_CHECK(bad_count_.is_cuda() && record_.device() == bad_count_.device() && bad_count_.scalar_type() == at::kLong &&
+                    record_.scalar_type() == at::kLong && bad_count_.numel() == 1 && record_.numel() == world * 4 &&
+                    bad_count_.is_contiguous() && record_.is_contiguous(),
+                "GatherFinish: bad_count (int64 [1]) and record (int64 [world, 4]) must be contiguous, on one GPU");
+    const size_t count = swap_in_offsets.size();
+    TORCH_CHECK(count <= static_cast<size_t>(fp4dist_cuda::kMaxSwapParts) && swap_in_stride.size() == count &&
+                    swap_rows.size() == count && swap_row_bytes.size() == count && swap_out_offsets.size() == count,
+                "GatherFinish: at most ", fp4dist_cuda::kMaxSwapParts, " reorder parts, one entry per part in each list");
+    for (size_t k = 0; k < count; ++k) {
+      const int64_t slice = swap_rows[k] * swap_row_bytes[k];
+      TORCH_CHECK(swap_rows[k] >= 0 && swap_row_bytes[k] >= 0 && swap_in_offsets[k] >= 0 && swap_out_offsets[k] >= 0 &&
+                      (world <= 1 || swap_in_stride[k] >= slice) &&
+                      swap_in_offsets[k] + (world - 1) * swap_in_stride[k] + slice <= nbytes &&
+                      swap_out_offsets[k] + world * slice <= swap_out_nbytes,
+                  "GatherFinish: reorder part ", k, " reaches outside its buffers");
+      fp4dist_cuda::SwapPart part{};
+      part.b = swap_rows[k];
+      part.row_bytes = swap_row_bytes[k];
+      part.in_stride = swap_in_stride[k];
+      parts_.push_back(part);
+    }
+    swap_in_offsets_ = std::move(swap_in_offsets);
+    swap_out_offsets_ = std::move(swap_out_offsets);
+    check_views(views_, nbytes);
+    check_views(swapped_views_, swap_out_nbytes);
+  }
+
+  using Maybe = std::optional<at::Tensor>;  // None in Python where a layout is absent
+
+  std::tuple<Maybe, Maybe, Maybe, Maybe, Maybe, Maybe> operator()(const at::Tensor& gathered) const {
+    TORCH_CHECK(gathered.device() == bad_count_.device() && gathered.scalar_type() == at::kByte &&
+                    gathered.is_contiguous() && gathered.storage_offset() == 0 &&
+                    static_cast<int64_t>(gathered.nbytes()) == nbytes_ &&
+                    reinterpret_cast<uintptr_t>(gathered.data_ptr()) % 16 == 0,
+                "GatherFinish: gathered must be a 16-byte aligned contiguous uint8 tensor of ", nbytes_, " bytes on ",
+                bad_count_.device());
+    const c10::cuda::CUDAGuard guard(gathered.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    const uint8_t* base = static_cast<const uint8_t*>(gathered.data_ptr());
+    check_cuda(fp4dist_cuda::launch_check_trailers(reinterpret_cast<const int64_t*>(base + trailer_offset_), world_,
+                                                   trailer_stride_ / 8, bad_count_.data_ptr<int64_t>(),
+                                                   record_.data_ptr<int64_t>(), stream),
+               "check_trailers");
+    at::Tensor slots[4];
+    make_views(gathered, views_, slots);
+    if (!parts_.empty()) {
+      const at::Tensor out = at::empty({swap_out_nbytes_}, gathered.options());
+      fp4dist_cuda::SwapPart parts[fp4dist_cuda::kMaxSwapParts];
+      for (size_t k = 0; k < parts_.size(); ++k) {
+        parts[k] = parts_[k];
+        parts[k].in = base + swap_in_offsets_[k];
+        parts[k].out = static_cast<uint8_t*>(out.data_ptr()) + swap_out_offsets_[k];
+      }
+      check_cuda(fp4dist_cuda::launch_swap_first_dims(parts, static_cast<int>(parts_.size()), world_, stream),
+                 "swap_first_dims");
+      make_views(out, swapped_views_, slots);
+    }
+    at::Tensor amax_r, amax_c;
+    if (rowwise_ || columnwise_) {
+      const at::Tensor f = gathered.view(at::kFloat);
+      if (rowwise_) amax_r = f.select(0, amax_index_);
+      if (columnwise_) amax_c = f.select(0, amax_index_ + 1);
+    }
+    const auto maybe = [](const at::Tensor& t) { return t.defined() ? Maybe(t) : Maybe(); };
+    return {maybe(slots[0]), maybe(slots[1]), maybe(slots[2]), maybe(slots[3]), maybe(amax_r), maybe(amax_c)};
+  }
+
+ private:
+  static void check_views(const std::vector<View>& views, int64_t nbytes) {
+    for (const View& v : views) {
+      const auto& [slot, size, stride, offset, e4m3] = v;
+      TORCH_CHECK(slot >= 0 && slot < 4 && size.size() == stride.size() && offset >= 0, "GatherFinish: a bad view");
+      int64_t last = offset;
+      for (size_t d = 0; d < size.size(); ++d) {
+        TORCH_CHECK(size[d] >= 0 && stride[d] >= 0, "GatherFinish: a bad view");
+        last += size[d] > 0 ? (size[d] - 1) * stride[d] : 0;
+      }
+      TORCH_CHECK(last < nbytes, "GatherFinish: a view reaches past its buffer");
+    }
+  }
+
+  static void make_views(const at::Tensor& buf, const std::vector<View>& views, at::Tensor* slots) {
+    for (const View& v : views) {
+      const auto& [slot, size, stride, offset, e4m3] = v;
+      at::Tensor t = buf.as_strided(size, stride, offset);
+      slots[slot] = e4m3 ? t.view(at::kFloat8_e4m3fn) : t;
+    }
+  }
+
+  int64_t nbytes_, world_;
+  std::vector<View> views_, swapped_views_;
+  std::vector<fp4dist_cuda::SwapPart> parts_;
+  std::vector<int64_t> swap_in_offsets_, swap_out_offsets_;
+  int64_t swap_out_nbytes_, amax_index_;
+  bool rowwise_, columnwise_;
+  int64_t trailer_offset_, trailer_stride_;
+  at::Tensor bad_count_, record_;
+};
 
 void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, const at::Tensor& out) {
   TORCH_CHECK(a.is_cuda() && b.is_cuda() && alpha.is_cuda() && out.is_cuda(), "gemm_alpha: CUDA tensors only");
@@ -259,6 +438,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amax", &amax, "amax pass: out[0] = max|X|, out[1] = max|columnwise source|");
   m.def("dequantize", &dequantize, "NVFP4 dequantize of one layout (2-D, or 3-D slices)");
   m.def("decode_operands", &decode_operands, "a GEMM's two NVFP4 operands without global scales, alpha, shift");
-  m.def("swap_first_dims", &swap_first_dims, "[a, b, row_bytes] -> [b, a, row_bytes]");
+  m.def("swap_first_dims", &swap_first_dims, "parts [a, b, row_bytes] (strided slices) -> [b, a, row_bytes], one launch");
+  m.def("check_trailers", &check_trailers, "all_gather_nvfp4's device check of the gathered trailers");
+  pybind11::class_<GatherFinish>(m, "GatherFinish", "the end of a steady-state all_gather_nvfp4 in one call")
+      .def(pybind11::init<int64_t, int64_t, std::vector<GatherFinish::View>, std::vector<GatherFinish::View>,
+                          std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
+                          std::vector<int64_t>, int64_t, int64_t, bool, bool, int64_t, int64_t, at::Tensor,
+                          at::Tensor>())
+      .def("__call__", &GatherFinish::operator());
   m.def("gemm_alpha", &gemm_alpha, "out = alpha * a @ b^T (cuBLAS, fp32 accumulation, alpha on the device)");
 }

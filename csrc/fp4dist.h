@@ -59,9 +59,24 @@ cudaError_t launch_decode_operands(int out_dtype, const PackedOperand& a, const 
                                    const float* amax_a, const float* amax_b, float* alpha_out, float* shift_out,
                                    cudaStream_t stream);
 
-// [a, b, row_bytes] -> [b, a, row_bytes].
-cudaError_t launch_swap_first_dims(const void* in, void* out, int64_t a, int64_t b, int64_t row_bytes,
-                                   cudaStream_t stream);
+// One part of a swap_first_dims launch: in [a, b, row_bytes] whose slice i (b rows of row_bytes, contiguous) starts
+// at in + i * in_stride bytes; out [b, a, row_bytes] contiguous. in and out must not overlap.
+struct SwapPart {
+  const void* in;
+  void* out;
+  int64_t b, row_bytes, in_stride;
+};
+constexpr int kMaxSwapParts = 2;
+
+// Each of the `count` parts (1 <= count <= kMaxSwapParts) [a, b_k, row_bytes_k] -> [b_k, a, row_bytes_k], in one
+// launch (e.g. a gather's columnwise data and scales, read in place from the gathered buffer).
+cudaError_t launch_swap_first_dims(const SwapPart* parts, int count, int64_t a, cudaStream_t stream);
+
+// all_gather_nvfp4's device check: trailers are `rows` rows of 4 int64 words, row r at trailers + r * stride
+// words (8-byte aligned). If any row differs from row 0, record [rows, 4] (contiguous) = the rows and
+// *bad_count += 1; else nothing is written. One CTA, no host sync.
+cudaError_t launch_check_trailers(const int64_t* trailers, int64_t rows, int64_t stride, int64_t* bad_count,
+                                  int64_t* record, cudaStream_t stream);
 
 // out [m, n] (row-major, out_dtype) = *alpha * a [m, k] @ b [n, k]^T + *beta * out, through cublasGemmEx with fp32
 // accumulation; a, b of ab_dtype (bf16 or fp16); alpha and beta fp32 in device memory. Runs on the handle's

@@ -19,13 +19,16 @@ trailer                  32                     int64 [4], see below
 code of a bad argument (``gather_check.ERRORS``) sent by a rank that has no shard to send.
 
 ``all_gather_single`` of the ranks' buffers gives uint8 [world * S] = [world, S], rank-major. The
-gathered tensor (logical [world * s, ...], X [world * m, n]) takes from it:
+gathered tensor (logical [world * s, ...], X [world * m, n]) takes from it (:class:`GatheredLayout`, computed
+once per layout and world):
 
-* rowwise data / scales: views [world, m, n/2] / [world, m, n/16] (stride(0) = S), no copy; with
-  world == 1 the 2-D views themselves;
-* columnwise data / scales: ``swap_first_dims`` of the views [world, n, m/2] / [world, n, m/16], giving
-  [n, world, m/2] = [n, world * m/2] (and [n, world * m/16]) contiguous, one launch each;
-* amaxes: fp32 0-dim views of rank 0's trailer (every rank's must agree; ``gather_check``).
+* rowwise data / scales: ``as_strided`` views [world, m, n/2] / [world, m, n/16] (stride(0) = S), no copy;
+  with world == 1 the 2-D views [m, n/2] / [m, n/16];
+* columnwise data / scales: with world == 1 the 2-D views [n, m/2] / [n, m/16] (the reorder is the identity);
+  else one ``swap_first_dims_parts`` launch reads the strided [world, n, m/2] and [world, n, m/16] slices in
+  place and writes [n, world, m/2] = [n, world * m/2] and [n, world * m/16] into one new buffer (the scales at
+  the first 16-byte aligned offset after the data), whose views they are;
+* amaxes: fp32 0-dim views of rank 0's trailer word 0 (every rank's must agree; ``gather_check``).
 
 ``quantize_for_gather`` has the quantizer write a shard's components straight into such a buffer, so the
 gather sends it as it is; any other NVFP4Tensor is copied into a new buffer first.
@@ -38,7 +41,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fp4dist import backends
 from fp4dist.tensor import NVFP4Tensor
 
 ALIGN = 16
@@ -62,6 +64,7 @@ class ShardLayout:
 
     def __init__(self, m: int, n: int, rowwise: bool, columnwise: bool):
         self.m, self.n, self.rowwise, self.columnwise = m, n, rowwise, columnwise
+        self.dims = (m, n, rowwise, columnwise)
         spec = []
         if rowwise:
             spec += [("rowwise_data", torch.uint8, (m, n // 2)), ("rowwise_scale_inv", _E4M3, (m, n // 16))]
@@ -109,19 +112,26 @@ def write_trailer(trailer: torch.Tensor, t: NVFP4Tensor, rank: int) -> None:
         trailer[RNG_OFFSET:].zero_()
 
 
+_COMPONENTS = ("rowwise_data", "rowwise_scale_inv", "columnwise_data", "columnwise_scale_inv", "amax_rowwise",
+               "amax_columnwise")
+
+
 @dataclass
 class ShardBuffer:
-    """``data`` (uint8 [layout.nbytes]) holds the shard whose components are ``components``, with the
-    trailer written for ``group``."""
+    """``data`` (uint8 [layout.nbytes]) holds the shard whose components are ``components`` (the six
+    ``NVFP4Tensor`` component fields in their order, None where absent), with the trailer written for ``group``."""
 
     data: torch.Tensor
     layout: ShardLayout
     group: object
-    components: dict
+    components: tuple
 
     def holds(self, t: NVFP4Tensor, group) -> bool:
         """True while ``t`` still has exactly these components and is gathered over the same group."""
-        return group is self.group and all(getattr(t, k) is v for k, v in self.components.items())
+        c = self.components
+        return (group is self.group and t.rowwise_data is c[0] and t.rowwise_scale_inv is c[1]
+                and t.columnwise_data is c[2] and t.columnwise_scale_inv is c[3] and t.amax_rowwise is c[4]
+                and t.amax_columnwise is c[5])
 
 
 def quantize_for_gather(quantizer, x: torch.Tensor, group=None, *, amax: torch.Tensor | None = None,
@@ -153,14 +163,14 @@ def quantize_for_gather(quantizer, x: torch.Tensor, group=None, *, amax: torch.T
     t = quantizer.quantize(x, amax=amax, rng_offset=rng_offset, row_offset=rank * m if row_offset is None else row_offset,
                            rowwise=rowwise, columnwise=columnwise, out=out)
     write_trailer(trailer, t, rank)
-    t.gather_buffer = ShardBuffer(buf, layout, group, t.component_tensors())
+    t.gather_buffer = ShardBuffer(buf, layout, group, tuple(getattr(t, k) for k in _COMPONENTS))
     return t
 
 
 def shard_buffer(t: NVFP4Tensor, layout: ShardLayout, group, rank: int) -> torch.Tensor:
     """uint8 [layout.nbytes]: ``t``'s own buffer when it holds one for ``group``, else a copy into a new one."""
     held = t.gather_buffer
-    if isinstance(held, ShardBuffer) and held.holds(t, group):
+    if isinstance(held, ShardBuffer) and held.layout.dims == layout.dims and held.holds(t, group):
         return held.data
     buf = torch.empty(layout.nbytes, dtype=torch.uint8, device=t.device)
     views = layout.views(buf)
@@ -180,21 +190,71 @@ def error_buffer(layout: ShardLayout, status: int, device: torch.device) -> torc
     return buf
 
 
-def assemble(t: NVFP4Tensor, parts: dict[str, torch.Tensor], layout: ShardLayout, world: int,
-             rank: int) -> NVFP4Tensor:
-    """The gathered NVFP4Tensor from ``parts``, ``layout.views`` of the gathered bytes [world, S] (module
-    docstring); ``t`` is this rank's shard."""
-    comps = {}
-    if layout.rowwise:
-        for k in ("rowwise_data", "rowwise_scale_inv"):
-            comps[k] = parts[k][0] if world == 1 else parts[k]
-    if layout.columnwise:
-        swap = backends.select(t.backend, parts["trailer"].device).swap_first_dims
-        for k in ("columnwise_data", "columnwise_scale_inv"):
-            v = parts[k]
-            comps[k] = swap(v.view(torch.uint8)).view(v.shape[1], world * v.shape[2]).view(v.dtype)
-    amax = amaxes(parts["trailer"][0])
-    return t.with_components(
-        torch.Size((t.shape[0] * world, *t.shape[1:])), **comps,
-        amax_rowwise=amax[0] if layout.rowwise else None, amax_columnwise=amax[1] if layout.columnwise else None,
-        row_offset=t.row_offset - rank * layout.m if t.stochastic_rounding else 0)
+def _align(nbytes: int) -> int:
+    return (nbytes + ALIGN - 1) // ALIGN * ALIGN
+
+
+def swap_first_dims_parts_torch(src: torch.Tensor, a: int, in_offsets, in_stride, rows, row_bytes, out_offsets,
+                                out_nbytes: int) -> torch.Tensor:
+    """The torch form of the CUDA ``swap_first_dims_parts`` (same bytes): part k of uint8 ``src`` (a tensor of its own
+    storage, offset 0), [a, rows[k], row_bytes[k]] at in_offsets[k] with slice i at + i * in_stride[k], as
+    [rows[k], a, row_bytes[k]] at out_offsets[k] of a new uint8 [out_nbytes] (one copy per part)."""
+    out = torch.empty(out_nbytes, dtype=torch.uint8, device=src.device)
+    for off, stride, b, r, o in zip(in_offsets, in_stride, rows, row_bytes, out_offsets):
+        part = src.as_strided((a, b, r), (stride, r, 1), off)
+        out[o:o + a * b * r].view(b, a, r).copy_(part.transpose(0, 1))
+    return out
+
+
+class GatheredLayout:
+    """Where the gathered tensor's components lie in the gathered bytes uint8 [world * S] of ``layout``'s
+    shards (module docstring), as ``as_strided`` arguments: computed once, applied at every gather."""
+
+    def __init__(self, layout: ShardLayout, world: int):
+        m, n, S = layout.m, layout.n, layout.nbytes
+        self.layout, self.world, self.nbytes = layout, world, world * S
+        offset = {name: off for name, off, _, _, _ in layout.parts}
+        #: (name, size, stride, storage offset, dtype) of views of the gathered bytes
+        self.views = []
+        if layout.rowwise:
+            for name, dtype, cols in (("rowwise_data", torch.uint8, n // 2), ("rowwise_scale_inv", _E4M3, n // 16)):
+                size, stride = ((m, cols), (cols, 1)) if world == 1 else ((world, m, cols), (S, cols, 1))
+                self.views.append((name, size, stride, offset[name], dtype))
+        #: swap_first_dims_parts arguments of the columnwise reorder (world > 1), and views of its output
+        self.swap, self.swapped_views = None, []
+        if layout.columnwise:
+            parts = (("columnwise_data", torch.uint8, m // 2), ("columnwise_scale_inv", _E4M3, m // 16))
+            if world == 1:
+                self.views += [(name, (n, r), (r, 1), offset[name], dtype) for name, dtype, r in parts]
+            else:
+                scale_at = _align(n * world * (m // 2))
+                self.swap = (world, [offset[name] for name, _, _ in parts], [S, S], [n, n],
+                             [r for _, _, r in parts], [0, scale_at], scale_at + n * world * (m // 16))
+                self.swapped_views = [(name, (n, world * r), (world * r, 1), at, dtype)
+                                      for (name, dtype, r), at in zip(parts, (0, scale_at))]
+        self.trailer_offset, self.trailer_stride = offset["trailer"], S
+        self.amax_index = offset["trailer"] // 4 + 2 * AMAX  # fp32 index of amax_rowwise; amax_columnwise follows
+
+    def trailers(self, gathered: torch.Tensor) -> torch.Tensor:
+        """int64 [world, 4]: the ranks' trailers, a view of ``gathered``."""
+        return gathered.view(torch.int64).as_strided((self.world, 4), (self.trailer_stride // 8, 1),
+                                                     self.trailer_offset // 8)
+
+    def components(self, gathered: torch.Tensor, swap=swap_first_dims_parts_torch) -> dict[str, torch.Tensor]:
+        """The gathered tensor's components (``NVFP4Tensor`` field names) from ``gathered`` (a tensor of its own
+        storage); ``swap`` does the columnwise reorder (the CUDA backend's one launch, or the torch form)."""
+        comps = {}
+        for name, size, stride, off, dtype in self.views:
+            v = gathered.as_strided(size, stride, off)
+            comps[name] = v if dtype is torch.uint8 else v.view(dtype)
+        if self.swap is not None:
+            out = swap(gathered, *self.swap)
+            for name, size, stride, off, dtype in self.swapped_views:
+                v = out.as_strided(size, stride, off)
+                comps[name] = v if dtype is torch.uint8 else v.view(dtype)
+        amax = gathered.view(torch.float32)
+        if self.layout.rowwise:
+            comps["amax_rowwise"] = amax[self.amax_index]
+        if self.layout.columnwise:
+            comps["amax_columnwise"] = amax[self.amax_index + 1]
+        return comps

@@ -96,19 +96,28 @@ class _DeviceCheck:
         self.count = torch.zeros((), dtype=torch.int64, device=device)
         self.record = torch.zeros((world, 4), dtype=torch.int64, device=device)
 
-    def update(self, trailers: torch.Tensor) -> None:
-        """Count the gather when ``trailers`` (int64 [world, 4]) are not all rank 0's; no host sync."""
+    def update(self, gathered: torch.Tensor, where, kernels=None) -> None:
+        """Count the gather when its trailers (``where``: the :class:`~fp4dist.gather_buffer.GatheredLayout` of the
+        gathered bytes ``gathered``) are not all rank 0's, and record them; no host sync. ``kernels``: the CUDA
+        backend (one launch), or None for torch ops."""
+        if kernels is not None:
+            kernels.check_trailers(gathered, where.trailer_offset, where.trailer_stride, where.world, self.count,
+                                   self.record)
+            return
+        trailers = where.trailers(gathered)
         bad = (trailers != trailers[0]).any()
         torch.where(bad, trailers, self.record, out=self.record)
         self.count.add_(bad)
 
 
 class GroupState:
-    """What one process group has validated: signatures, the last layout gathered, device checks."""
+    """What one process group has validated: signatures, the gather plans built for them (by
+    ``distributed.plan_key``), the last plan gathered with, device checks."""
 
     def __init__(self):
         self.signatures: set[tuple[int, ...]] = set()
-        self.last = None  # (ShardLayout, device) of the last gather, for a rank that has no shard
+        self.plans: dict[tuple, object] = {}
+        self.last = None  # the plan of the last gather (its layout and device), for a rank that has no shard
         self.devices: dict[torch.device, _DeviceCheck] = {}
 
     def device_check(self, world: int, device: torch.device) -> _DeviceCheck:

@@ -1,4 +1,6 @@
-"""What one all_gather_nvfp4 costs: collectives, host reads and copies counted per gather (spawned gloo ranks).
+"""What one all_gather_nvfp4 costs: collectives, host reads, copies and aten ops counted per gather (spawned gloo
+ranks; on CUDA, NCCL: no host sync). The kernels of a gather on one GPU and its CUDA-graph capture:
+tests/test_gather_kernels.py.
 
 The torch.distributed collectives and the Tensor methods that read a value on the host are wrapped with
 counters around each gather; the shards are quantized outside the counted region.
@@ -22,10 +24,12 @@ MODES = {"rowwise": dict(columnwise=False), "columnwise": dict(rowwise=False),
 
 
 class Count(TorchDispatchMode):
-    """Counts collectives, host reads and aten copies while active; ``sent`` records the gathered inputs."""
+    """Counts collectives, host reads and aten copies while active; ``sent`` records the gathered inputs, ``ops``
+    the names of the aten ops that are neither views nor allocations, ``allocations`` the allocations."""
 
     def __enter__(self):
         self.collectives, self.host_reads, self.copies, self.sent, self._saved = 0, 0, 0, [], []
+        self.ops, self.allocations = [], 0
         for name in COLLECTIVES:
             if hasattr(dist, name):
                 self._wrap(dist, name, "collectives")
@@ -51,8 +55,13 @@ class Count(TorchDispatchMode):
         setattr(owner, name, counted)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split(".")[0] in COPIES:
+        name = func.__name__.split(".")[0]
+        if name in COPIES:
             self.copies += 1
+        if name.startswith("empty"):
+            self.allocations += 1
+        elif not func.is_view and name != "detach":
+            self.ops.append(name)
         return func(*args, **(kwargs or {}))
 
 
@@ -78,8 +87,21 @@ def count_gathers(rank, world, mode, how, validate, async_op, device="cpu"):
                 if steady:
                     torch.cuda.set_sync_debug_mode("default")
         sent_own_buffer = how == "buffer" and c.sent[-1] is t.gather_buffer.data
-        calls.append((c.collectives, c.host_reads, c.copies, sent_own_buffer))
+        calls.append((c.collectives, c.host_reads, c.copies, sent_own_buffer, sorted(c.ops), c.allocations))
     return calls
+
+
+# The steady state of a shard that lies in its buffer, on the reference backend: the collective, the device check
+# (compare with rank 0's trailer, any, keep the record, count) and, with the columnwise layout over world > 1, the
+# reorder (one copy each of data and scales into one new buffer); everything else is a view.
+CHECK_OPS = ["add_", "any", "ne", "where"]
+REORDER_OPS = ["copy_", "copy_"]
+
+
+def expected_steady_ops(mode: str, world: int) -> tuple[list[str], int]:
+    """(sorted aten ops, allocations) of a steady-state gather of a ``quantize_for_gather`` shard."""
+    reorder = mode != "rowwise" and world > 1
+    return sorted(["_allgather_base_", *CHECK_OPS, *(REORDER_OPS if reorder else [])]), 1 + reorder
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -87,9 +109,9 @@ def count_gathers(rank, world, mode, how, validate, async_op, device="cpu"):
 def test_steady_state_gather_is_one_collective_and_no_host_read(mode, how):
     calls = run_ranks(count_gathers, 2, mode, how, "first", False, timeout=90)
     for rank, per_call in enumerate(calls):
-        (first_coll, first_reads, _, _), *later = per_call
+        (first_coll, first_reads, *_), *later = per_call
         assert first_coll == 2 and first_reads >= 1, (rank, per_call)  # header exchange + data
-        for collectives, host_reads, copies, sent_own_buffer in later:
+        for collectives, host_reads, copies, sent_own_buffer, ops, allocations in later:
             assert (collectives, host_reads) == (1, 0), (rank, per_call)
             # rowwise: views of the gathered bytes; columnwise: one reorder each of data and scales; a shard
             # not quantized into a buffer is first copied into one (data, scales, amax per layout)
@@ -97,6 +119,23 @@ def test_steady_state_gather_is_one_collective_and_no_host_read(mode, how):
             components = {"rowwise": 3, "columnwise": 3, "both_sr_rht": 6}[mode]
             assert copies == swaps + (0 if how == "buffer" else components), (mode, how, per_call)
             assert sent_own_buffer == (how == "buffer"), "the shard's own buffer is sent without a pack copy"
+            if how == "buffer":
+                assert (ops, allocations) == expected_steady_ops(mode, 2), (mode, ops, allocations)
+
+
+def count_every_mode(rank, world):
+    return {(mode, async_op): count_gathers(rank, world, mode, "buffer", "first", async_op)
+            for mode in MODES for async_op in (False, True)}
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_steady_state_aten_ops_per_gather(world):
+    """Every mode, sync and async: the exact aten ops and allocations of a steady-state gather."""
+    for per_rank in run_ranks(count_every_mode, world, timeout=120):
+        for (mode, async_op), per_call in per_rank.items():
+            for collectives, host_reads, _, sent_own_buffer, ops, allocations in per_call[1:]:
+                assert (collectives, host_reads, sent_own_buffer) == (1, 0, True), (mode, async_op, per_call)
+                assert (ops, allocations) == expected_steady_ops(mode, world), (mode, async_op, world, ops)
 
 
 def test_async_gather_counts_the_same():
@@ -107,7 +146,7 @@ def test_async_gather_counts_the_same():
 def test_validate_always_checks_every_call():
     calls = run_ranks(count_gathers, 2, "rowwise", "buffer", "always", False, timeout=90)
     for per_call in calls:
-        assert all(collectives == 2 and host_reads >= 2 for collectives, host_reads, _, _ in per_call), per_call
+        assert all(c[0] == 2 and c[1] >= 2 for c in per_call), per_call
 
 
 @pytest.mark.cuda

@@ -323,13 +323,54 @@ def decode_operands(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.T
 
 
 def swap_first_dims(t: torch.Tensor) -> torch.Tensor:
-    """[a, b, ...] -> [b, a, ...], contiguous (trailing dims move together as one row of bytes)."""
+    """[a, b, ...] -> [b, a, ...], contiguous (trailing dims move together as one row of bytes). ``t`` is read in
+    place when each t[i] is contiguous (any stride(0)), else copied first."""
     if t.dim() < 2:
         raise ValueError(f"swap_first_dims needs at least 2 dims, got shape {tuple(t.shape)}")
     a, b = t.shape[0], t.shape[1]
     out = torch.empty((b, a, *t.shape[2:]), dtype=t.dtype, device=t.device)
     if t.numel():
-        src = t.contiguous()
-        row_bytes = src.numel() // (a * b) * src.element_size()
-        _kernels().swap_first_dims(src, out, a, b, row_bytes)
+        row_bytes = t.numel() // (a * b) * t.element_size()
+        in_place = t[0].is_contiguous() and (a == 1 or t.stride(0) * t.element_size() >= b * row_bytes)
+        src = t if in_place else t.contiguous()
+        _kernels().swap_first_dims(src, out, a, [0], [src.stride(0) * src.element_size()], [b], [row_bytes], [0])
     return out
+
+
+def swap_first_dims_parts(src: torch.Tensor, a: int, in_offsets: list[int], in_stride: list[int], rows: list[int],
+                          row_bytes: list[int], out_offsets: list[int], out_nbytes: int) -> torch.Tensor:
+    """uint8 [out_nbytes]: part k of ``src``'s bytes, [a, rows[k], row_bytes[k]] at byte in_offsets[k] with slice i at
+    + i * in_stride[k], written as [rows[k], a, row_bytes[k]] at out_offsets[k]; all parts (at most 2) in one launch.
+    Bytes of the output outside the parts are left unwritten."""
+    out = torch.empty(out_nbytes, dtype=torch.uint8, device=src.device)
+    _kernels().swap_first_dims(src, out, a, in_offsets, in_stride, rows, row_bytes, out_offsets)
+    return out
+
+
+def check_trailers(gathered: torch.Tensor, offset: int, stride: int, rows: int, bad_count: torch.Tensor,
+                   record: torch.Tensor) -> None:
+    """The gather's device check in one launch: the trailers, ``rows`` rows of 4 int64 at byte ``offset + r * stride``
+    of ``gathered``, compared with row 0; on a difference record (int64 [rows, 4]) = them and bad_count += 1."""
+    _kernels().check_trailers(gathered, offset, stride, rows, bad_count, record)
+
+
+_SLOTS = {"rowwise_data": 0, "rowwise_scale_inv": 1, "columnwise_data": 2, "columnwise_scale_inv": 3}
+
+
+def gather_finisher(where, bad_count: torch.Tensor, record: torch.Tensor):
+    """The C++ end of a steady-state gather for ``where`` (a ``fp4dist.gather_buffer.GatheredLayout``): called with
+    the gathered bytes it launches the device check (and the columnwise reorder where ``where`` has one) and returns
+    (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv, amax_rowwise, amax_columnwise), None
+    where absent: the same tensors as ``where.components`` after ``check.update``, in one call."""
+    def views(spec):
+        return [(_SLOTS[name], list(size), list(stride), off, dtype is torch.float8_e4m3fn)
+                for name, size, stride, off, dtype in spec]
+
+    if where.swap is None:
+        swap = ([], [], [], [], [], 0)
+    else:
+        _, in_offsets, in_stride, rows, row_bytes, out_offsets, out_nbytes = where.swap
+        swap = (in_offsets, in_stride, rows, row_bytes, out_offsets, out_nbytes)
+    return _kernels().GatherFinish(where.nbytes, where.world, views(where.views), views(where.swapped_views), *swap,
+                                   where.amax_index, where.layout.rowwise, where.layout.columnwise,
+                                   where.trailer_offset, where.trailer_stride, bad_count.reshape(1), record)

@@ -11,6 +11,8 @@ without graph breaks. The module-level functions below are the :class:`fp4dist.b
 | fp4dist::decode_operands     | two (codes, scales), two amaxes          | A, B (out_dtype), alpha, shift fp32  |
 | fp4dist::gemm                | A [M, K], B [N, K], alpha fp32 [1]       | [M, N] in out_dtype                  |
 | fp4dist::swap_first_dims     | t [a, b, ...]                            | [b, a, ...]                          |
+| fp4dist::swap_first_dims_parts | bytes, parts [a, b_k, R_k] (strided)   | uint8: the parts as [b_k, a, R_k]    |
+| fp4dist::check_trailers      | gathered bytes, count, record int64      | updates count and record             |
 """
 
 from __future__ import annotations
@@ -107,6 +109,28 @@ def _(t):
     return t.new_empty((t.shape[1], t.shape[0], *t.shape[2:]))
 
 
+@torch.library.custom_op("fp4dist::swap_first_dims_parts", mutates_args=(), device_types="cuda")
+def _swap_first_dims_parts(src: torch.Tensor, a: int, in_offsets: list[int], in_stride: list[int], rows: list[int],
+                           row_bytes: list[int], out_offsets: list[int], out_nbytes: int) -> torch.Tensor:
+    return cuda.swap_first_dims_parts(src, a, in_offsets, in_stride, rows, row_bytes, out_offsets, out_nbytes)
+
+
+@_swap_first_dims_parts.register_fake
+def _(src, a, in_offsets, in_stride, rows, row_bytes, out_offsets, out_nbytes):
+    return src.new_empty(out_nbytes, dtype=torch.uint8)
+
+
+@torch.library.custom_op("fp4dist::check_trailers", mutates_args=("bad_count", "record"), device_types="cuda")
+def _check_trailers(gathered: torch.Tensor, offset: int, stride: int, rows: int, bad_count: torch.Tensor,
+                    record: torch.Tensor) -> None:
+    cuda.check_trailers(gathered, offset, stride, rows, bad_count, record)
+
+
+@_check_trailers.register_fake
+def _(gathered, offset, stride, rows, bad_count, record):
+    return None
+
+
 # ------------------------------------------------------------------ the Backend interface
 # Outside torch.compile the launchers are called directly: the custom-op dispatch costs more host time than
 # the small kernels it launches, and an eager step (or one being captured in a CUDA graph) needs no tracing.
@@ -168,3 +192,21 @@ def swap_first_dims(t):
     if not torch.compiler.is_compiling():
         return cuda.swap_first_dims(t)
     return torch.ops.fp4dist.swap_first_dims(t)
+
+
+def swap_first_dims_parts(src, a, in_offsets, in_stride, rows, row_bytes, out_offsets, out_nbytes):
+    if not torch.compiler.is_compiling():
+        return cuda.swap_first_dims_parts(src, a, in_offsets, in_stride, rows, row_bytes, out_offsets, out_nbytes)
+    return torch.ops.fp4dist.swap_first_dims_parts(src, a, in_offsets, in_stride, rows, row_bytes, out_offsets,
+                                                   out_nbytes)
+
+
+def check_trailers(gathered, offset, stride, rows, bad_count, record):
+    if not torch.compiler.is_compiling():
+        return cuda.check_trailers(gathered, offset, stride, rows, bad_count, record)
+    return torch.ops.fp4dist.check_trailers(gathered, offset, stride, rows, bad_count, record)
+
+
+def gather_finisher(where, bad_count, record):
+    """Eager only (a C++ object that torch.compile does not trace): see cuda.gather_finisher."""
+    return cuda.gather_finisher(where, bad_count, record)
