@@ -61,17 +61,16 @@ def test_nvfp4_linear_is_the_recipe_on_the_linear(gen):
     assert torch.equal(y, nvfp4_gemm(xq, wq).reshape(2, 16, 48) + layer.bias)
 
 
-@pytest.mark.parametrize("rows, k, n", [(7, 20, 24), (3, 16, 40), (33, 50, 10), (16, 32, 48)])
-def test_any_shape_pads_exactly(rows, k, n, gen):
+def check_padding(rows, k, n, gen, device="cpu", recipe=RECIPE, dtype=torch.float32):
     """Odd rows, K and N: forward, dX and dW equal those of the zero-padded aligned layer, bit for bit (the
     padding adds zeros only), and the output has the caller's shape."""
     torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
-    layer = NVFP4Linear(k, n, recipe=RECIPE)
+    layer = NVFP4Linear(k, n, recipe=recipe, device=device)
     kp, np_, rp = -(-k // 16) * 16, -(-n // 16) * 16, -(-rows // 16) * 16
-    padded = NVFP4Linear(kp, np_, bias=False, recipe=RECIPE)
+    padded = NVFP4Linear(kp, np_, bias=False, recipe=recipe, device=device)
     with torch.no_grad():
         padded.weight.zero_()[:n, :k] = layer.weight
-    x, dy = torch.randn(rows, k), torch.randn(rows, n)
+    x, dy = torch.randn(rows, k, device=device, dtype=dtype), torch.randn(rows, n, device=device, dtype=dtype)
     x_pad, dy_pad = F.pad(x, (0, kp - k, 0, rp - rows)), F.pad(dy, (0, np_ - n, 0, rp - rows))
     for m in (layer, padded):
         set_rng_step(m, 2)
@@ -80,12 +79,58 @@ def test_any_shape_pads_exactly(rows, k, n, gen):
     y.backward(dy)
     y_pad = padded(x_pad)
     y_pad.backward(dy_pad)
-    assert y.shape == (rows, n)
-    assert torch.equal(y, y_pad[:rows, :n] + layer.bias)
+    assert y.shape == (rows, n) and y.dtype == dtype
+    assert torch.equal(y, y_pad[:rows, :n] + layer.bias.to(dtype))
     assert torch.equal(x.grad, x_pad.grad[:rows, :k])
     assert torch.equal(layer.weight.grad, padded.weight.grad[:n, :k])
     with torch.no_grad():
-        assert layer(torch.randn(5, k)).shape == (5, n)  # no grad: rowwise only, no row padding
+        assert layer(torch.randn(5, k, device=device, dtype=dtype)).shape == (5, n)  # rowwise only, no row padding
+
+
+@pytest.mark.parametrize("rows, k, n", [(7, 20, 24), (3, 16, 40), (33, 50, 10), (16, 32, 48)])
+def test_any_shape_pads_exactly(rows, k, n, gen):
+    check_padding(rows, k, n, gen)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.cuda
+@CUDA
+@pytest.mark.parametrize("rows, k, n", [(7, 20, 24), (33, 50, 10), (1, 64, 80)])
+def test_any_shape_pads_exactly_cuda(rows, k, n, gen, cuda_kernels):
+    check_padding(rows, k, n, gen, "cuda", NVFP4Recipe(backend="cuda"), torch.bfloat16)
+
+
+@pytest.mark.cuda
+@CUDA
+def test_converted_model_on_cuda_matches_the_reference_and_compiles(gen, cuda_kernels):
+    """A converted model on the GPU (CUDA kernels, bf16 autocast) against the same model on the CPU (reference
+    backend): the first step's loss agrees to bf16 GEMM rounding; torch.compile(fullgraph) of it (inductor)
+    follows eager step for step."""
+    torch._dynamo.reset()
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    tokens = torch.randint(0, 48, (4, 37), generator=gen)  # 4 x 36 = 144 rows: padded for wgrad
+    cpu = convert_to_nvfp4(two_models(seed), RECIPE)
+    gpu = convert_to_nvfp4(copy.deepcopy(cpu).cuda(), NVFP4Recipe(backend="cuda"))
+    twin = copy.deepcopy(gpu)
+    compiled = torch.compile(twin, fullgraph=True)
+
+    def loss_of(fn, model, device, step):
+        set_rng_step(model, step)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            logits = fn(tokens[:, :-1].to(device))
+        loss = F.cross_entropy(logits.float().reshape(-1, 48), tokens[:, 1:].reshape(-1).to(device))
+        loss.backward()
+        return loss.detach().cpu()
+
+    ref = loss_of(cpu, cpu, "cpu", 0)
+    eager = [loss_of(gpu, gpu, "cuda", s) for s in range(3)]
+    comp = [loss_of(compiled, twin, "cuda", s) for s in range(3)]
+    assert torch.allclose(eager[0], ref, rtol=2e-2), (eager[0], ref)
+    assert torch.allclose(torch.stack(comp), torch.stack(eager), rtol=2e-2, atol=0), (comp, eager)
+    assert all(torch.isfinite(p.grad).all() for p in twin.parameters())
 
 
 def two_models(seed):

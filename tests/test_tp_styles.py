@@ -10,7 +10,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import SequenceParallel, parallelize_module
 
-from multiproc import run_ranks
+from multiproc import rank_device, run_ranks
 from fp4dist import NVFP4Linear, NVFP4Recipe
 from fp4dist.parallel import (ColumnParallelLinear, NVFP4ColwiseParallel, NVFP4PrepareModuleInput,
                               NVFP4RowwiseParallel, RowParallelLinear, set_rng_step)
@@ -33,22 +33,26 @@ class MLP(nn.Module):
         return self.down(F.gelu(self.up(x)))
 
 
-def styles_match_megatron(rank, world, seed, seq_dim):
+def styles_match_megatron(rank, world, seed, seq_dim, device="cpu"):
     """The NVFP4 styles on an nn.Linear MLP give the Megatron-style layers' forward, dX, dW and db bits for the
     same shards: SP along ``seq_dim`` (0: [s, b, h], 1: [b, s, h], compared on the transposed activations),
-    or none."""
+    or none. ``device="cuda:rank"``: one GPU per rank (NCCL), the CUDA kernels, bf16 activations."""
+    dev = rank_device(rank, device)
+    recipe = NVFP4Recipe(backend="cuda") if dev.type == "cuda" else RECIPE
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     torch.manual_seed(seed)
     sp = seq_dim is not None
     x_sbh, dy_sbh = torch.randn(S, B, H) * 3, torch.randn(S, B, H)
     b_up, b_down = torch.randn(FFN), torch.randn(H)
     group = dist.group.WORLD
 
-    col = ColumnParallelLinear(H, FFN, sequence_parallel=sp, recipe=RECIPE, tp_group=group, init_seed=1)
-    row = RowParallelLinear(FFN, H, sequence_parallel=sp, recipe=RECIPE, tp_group=group, init_seed=2)
+    col = ColumnParallelLinear(H, FFN, sequence_parallel=sp, recipe=recipe, tp_group=group, init_seed=1)
+    row = RowParallelLinear(FFN, H, sequence_parallel=sp, recipe=recipe, tp_group=group, init_seed=2)
     with torch.no_grad():
         col.bias.copy_(b_up.chunk(world)[rank]), row.bias.copy_(b_down)
     mega = MLP(H, FFN, linear=lambda i, o: None)
     mega.up, mega.down = col, row
+    mega.to(dev)
     for name, m in (("up", col), ("down", row)):
         m.set_rng_name(name)
 
@@ -57,9 +61,10 @@ def styles_match_megatron(rank, world, seed, seq_dim):
         model.up.weight.copy_(full_weight_init(FFN, H, 1, 0.02)), model.up.bias.copy_(b_up)
         model.down.weight.copy_(full_weight_init(H, FFN, 2, 0.02)), model.down.bias.copy_(b_down)
     layout = Shard(seq_dim) if sp else Replicate()
-    mesh = init_device_mesh("cpu", (world,))
-    parallelize_module(model, mesh, {"up": NVFP4ColwiseParallel(input_layouts=layout, recipe=RECIPE),
-                                     "down": NVFP4RowwiseParallel(output_layouts=layout, recipe=RECIPE)})
+    model.to(dev)
+    mesh = init_device_mesh(dev.type, (world,))
+    parallelize_module(model, mesh, {"up": NVFP4ColwiseParallel(input_layouts=layout, recipe=recipe),
+                                     "down": NVFP4RowwiseParallel(output_layouts=layout, recipe=recipe)})
     assert isinstance(model.up, NVFP4Linear) and model.up.weight.placements == (Shard(0),)
     assert model.down.weight.placements == (Shard(1),) and model.down.bias.placements == (Replicate(),)
     for name in ("up", "down"):
@@ -67,7 +72,7 @@ def styles_match_megatron(rank, world, seed, seq_dim):
     set_rng_step(mega, 3), set_rng_step(model, 3)
 
     def shard(t):  # [s, b, h] -> this rank's input/grad in the Megatron layout
-        return t.chunk(world, dim=0)[rank] if sp else t
+        return (t.chunk(world, dim=0)[rank] if sp else t).to(dev, dtype)
 
     x_m = shard(x_sbh).clone().requires_grad_()
     y_m = mega(x_m)
@@ -82,12 +87,14 @@ def styles_match_megatron(rank, world, seed, seq_dim):
     assert torch.equal(x_s.grad, t(x_m.grad)), "dX"
     assert torch.equal(local(model.up.weight.grad), col.weight.grad), "dW up"
     assert torch.equal(local(model.down.weight.grad), row.weight.grad), "dW down"
-    assert torch.equal(local(model.up.bias.grad), col.bias.grad), "db up"
+    # db sums dY over the rows, in another order for batch-first: fp32 on the CPU, bf16 on a GPU
+    tol = dict(rtol=1e-6, atol=1e-6) if dev.type == "cpu" else dict(rtol=1e-2, atol=1e-2)
+    assert torch.allclose(local(model.up.bias.grad), col.bias.grad, **tol), "db up"
     if sp:  # each rank's bias grad covers its sequence shard: the sum over ranks is the gradient
         dist.all_reduce(row.bias.grad)
     db_down = model.down.bias.grad
     db_down = db_down.full_tensor() if isinstance(db_down, DTensor) else db_down
-    assert torch.allclose(db_down, row.bias.grad, rtol=1e-6, atol=1e-6), "db down"
+    assert torch.allclose(db_down, row.bias.grad, **tol), "db down"
     return True
 
 
@@ -96,6 +103,16 @@ def styles_match_megatron(rank, world, seed, seq_dim):
 @pytest.mark.parametrize("seq_dim", [None, 0, 1], ids=["tp", "sp_dim0", "sp_dim1"])
 def test_styles_match_megatron_layers_bitwise(world, seq_dim, gen):
     run_ranks(styles_match_megatron, world, int(torch.randint(2**31, (1,), generator=gen)), seq_dim, timeout=240)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("seq_dim", [None, 1], ids=["tp", "sp_dim1"])
+def test_styles_match_megatron_layers_cuda(seq_dim, gen, cuda_kernels):
+    """World 1 on one GPU, or one GPU per rank where there are two or more (NCCL)."""
+    world = min(torch.cuda.device_count(), 2)
+    run_ranks(styles_match_megatron, world, int(torch.randint(2**31, (1,), generator=gen)), seq_dim, "cuda:rank",
+              timeout=300, backend="nccl")
 
 
 # ---------------------------------------------------------------- q/k/v share one gather

@@ -24,6 +24,11 @@ from fp4dist.recipe import HighPrecisionRecipe, NVFP4Recipe
 MAX_MICROBATCHES = 1 << 16  #: SR offset = step * MAX_MICROBATCHES + microbatch
 
 
+def _in_backward() -> bool:
+    """True inside a backward pass (a checkpointed forward's recomputation); False while compiling."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+
+
 class NVFP4ModuleMixin:
     """Mixed into an ``nn.Module`` holding ``weight``: recipe configs, SR stream and name (module docstring).
 
@@ -71,8 +76,7 @@ class NVFP4ModuleMixin:
         return self._nvfp4_configs[sp]
 
     def _advance_rng(self) -> None:
-        if (self.rng_auto_advance and self.training and torch.is_grad_enabled()
-                and torch._C._current_graph_task_id() == -1):  # not a recomputation inside backward
+        if self.rng_auto_advance and self.training and torch.is_grad_enabled() and not _in_backward():
             self.rng_offset.add_(1)
 
     def _nvfp4_matmul(self, x: torch.Tensor, weight: torch.Tensor, sp: bool = False,
