@@ -153,7 +153,7 @@ class _RowwiseForward:
         _check_input(module, local, module.in_features // tp, "NVFP4RowwiseParallel")
         out = self.output_layout
         d = _seq_dim(out, local.dim())
-        if d is not None and tp > 1:  # sequence parallelism: reduce-scatter along d
+        if d is not None:  # sequence parallelism: computed sequence first, reduce-scattered along d
             if local.shape[d] % tp:
                 raise ValueError(f"NVFP4RowwiseParallel: the sequence dim {d} has size {local.shape[d]}, not "
                                  f"divisible by the tensor-parallel size {tp} for the reduce-scatter")
