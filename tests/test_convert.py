@@ -225,6 +225,7 @@ def test_activation_checkpointing_frees_nvfp4_and_draws_the_same(set_step, gen):
     assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])  # recomputation draws the same SR
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_equals_eager(gen):
     torch._dynamo.reset()
     seed = int(torch.randint(2**31, (1,), generator=gen))
