@@ -1,11 +1,12 @@
-// amax pass: out[0] = max|X|, out[1] = max|columnwise source| (RHT(X^T) rounded to X's dtype with rht, else
-// max|X| again), fp32, NaN propagating.
+// amax pass: out[0] = max|X|, out[1] = max|columnwise source| (with rht: RHT(X^T) rounded to X's dtype, with the
+// overflow rule of cast/rht_source.cuh; else max|X| again), fp32, NaN propagating.
 //   amax_kernel<T>            max|X| (grid-stride, 16-byte loads, one atomicMax per CTA)
 //   amax_rht_kernel<T, V>     max|X| and max|RHT(X^T)| (16-row strips, V columns per thread)
 
 #include "common/dtype_traits.cuh"
 #include "common/launch.cuh"
 #include "common/numerics.cuh"
+#include "cast/rht_source.cuh"
 #include "fp4dist.h"
 
 namespace fp4dist_cuda {
@@ -74,7 +75,8 @@ __global__ void __launch_bounds__(256) amax_kernel(const T* x, int64_t numel, in
   block_max_atomic(bits, bits, out);
 }
 
-// Rowwise amax and the amax of RHT(X^T) (rounded to T), from 16-row x V-column strips.
+// Rowwise amax and the amax of RHT(X^T) (the columnwise source, rht_source.cuh: rounded to T, or on the overflow
+// path fp32 values, chunks with an infinity left out), from 16-row x V-column strips.
 template <typename T, int V>
 __global__ void __launch_bounds__(256) amax_rht_kernel(const T* x, int64_t m, int64_t n, float* out) {
   using TT = Tr<T>;
@@ -82,6 +84,14 @@ __global__ void __launch_bounds__(256) amax_rht_kernel(const T* x, int64_t m, in
   const int64_t groups = m / 16, ncv = n / V, items = groups * ncv;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   uint32_t row_bits = 0, col_bits = 0;
+  // one task (two columns of a 16-row strip): its inputs' and its source's maxima
+  auto task = [&](P (&pairs)[16]) {
+    float a[16], b[16];
+    uint32_t in_a, in_b, bits_a, bits_b;
+    rht_column_source<T>(pairs, a, b, in_a, in_b, bits_a, bits_b);
+    row_bits = max_u32(row_bits, max_u32(in_a, in_b));
+    col_bits = max_u32(col_bits, max_u32(rht_chunk_amax_bits(in_a, bits_a), rht_chunk_amax_bits(in_b, bits_b)));
+  };
   for (int64_t it = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; it < items; it += stride) {
     const int64_t g = it / ncv, cv = it - g * ncv;
     const T* base = x + (g * 16) * n + cv * V;
@@ -89,40 +99,23 @@ __global__ void __launch_bounds__(256) amax_rht_kernel(const T* x, int64_t m, in
       uint4 raw[16];
 #pragma unroll
       for (int k = 0; k < 16; ++k) raw[k] = __ldg(reinterpret_cast<const uint4*>(base + k * n));
-      typename TT::Acc racc = TT::acc_zero(), cacc = TT::acc_zero();
       constexpr int kPairs = V / 2;
 #pragma unroll
       for (int q = 0; q < kPairs; ++q) {
-        float a[16], b[16];
+        P pairs[16];
 #pragma unroll
-        for (int k = 0; k < 16; ++k) {
-          const P v = reinterpret_cast<const P*>(&raw[k])[q];
-          a[k] = TT::first(v);
-          b[k] = TT::second(v);
-          TT::acc_add(racc, v);
-        }
-        rht16(a);
-        rht16(b);
-#pragma unroll
-        for (int k = 0; k < 16; ++k) TT::acc_add(cacc, TT::round_pair(a[k], b[k]));
+        for (int k = 0; k < 16; ++k) pairs[k] = reinterpret_cast<const P*>(&raw[k])[q];
+        task(pairs);
       }
-      row_bits = max_u32(row_bits, max_u32(TT::first_bits(racc), TT::second_bits(racc)));
-      col_bits = max_u32(col_bits, max_u32(TT::first_bits(cacc), TT::second_bits(cacc)));
     } else {
-      // scalar fallback: one column per item
-      float a[16];
+      // scalar fallback: one column per item, as a task of that column twice (exact: the values are T's)
+      P pairs[16];
 #pragma unroll
       for (int k = 0; k < 16; ++k) {
-        a[k] = TT::load1(base + k * n);
-        row_bits = max_u32(row_bits, f2u(a[k]) & 0x7fffffffu);
+        const float v = TT::load1(base + k * n);
+        pairs[k] = TT::round_pair(v, v);
       }
-      rht16(a);
-#pragma unroll
-      for (int k = 0; k < 16; k += 2) {
-        typename TT::Acc c = TT::acc_zero();
-        TT::acc_add(c, TT::round_pair(a[k], a[k + 1]));
-        col_bits = max_u32(col_bits, max_u32(TT::first_bits(c), TT::second_bits(c)));
-      }
+      task(pairs);
     }
   }
   block_max_atomic(row_bits, col_bits, out);

@@ -2,9 +2,12 @@
 // cuBLAS device-alpha GEMM. Shapes, dtypes and allocation are checked and done in fp4dist/backends/cuda.py;
 // this layer checks what would make a kernel read or write out of bounds, then launches on the current stream.
 
+#include <array>
 #include <cstdint>
+#include <mutex>
 
 #include <ATen/cuda/CUDAContextLight.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
@@ -206,6 +209,23 @@ void swap_first_dims(const at::Tensor& in, const at::Tensor& out, int64_t a, int
              "swap_first_dims");
 }
 
+// beta = 0 for cuBLAS in device pointer mode: one fp32 zero per device, made once outside CUDA graph capture
+// and kept for the life of the process (a fresh one, from the graph's pool, while capturing before that).
+at::Tensor device_zero(const at::Tensor& like) {
+  static std::mutex mutex;
+  static std::array<at::Tensor*, 64> zeros{};
+  const int index = like.get_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (index >= 0 && index < 64 && zeros[index] != nullptr) return *zeros[index];
+  at::Tensor zero = at::zeros({1}, like.options().dtype(at::kFloat));
+  if (index >= 0 && index < 64 &&
+      c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
+    c10::cuda::getCurrentCUDAStream().synchronize();  // once per device: later GEMMs may run on other streams
+    zeros[index] = new at::Tensor(zero);               // never freed: it must outlive every cuBLAS call
+  }
+  return zero;
+}
+
 void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, const at::Tensor& out) {
   TORCH_CHECK(a.is_cuda() && b.is_cuda() && alpha.is_cuda() && out.is_cuda(), "gemm_alpha: CUDA tensors only");
   TORCH_CHECK(a.device() == b.device() && alpha.device() == a.device() && out.device() == a.device(),
@@ -222,7 +242,7 @@ void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alph
   TORCH_CHECK(m < INT32_MAX && n < INT32_MAX && k < INT32_MAX, "gemm_alpha: dims must fit in int32");
   if (m == 0 || n == 0) return;
   const c10::cuda::CUDAGuard guard(a.device());
-  const at::Tensor beta = at::zeros({1}, alpha.options());
+  const at::Tensor beta = device_zero(alpha);
   // the current stream's handle
   const int status = fp4dist_cuda::launch_gemm_alpha(at::cuda::getCurrentCUDABlasHandle(), dtype_code(a),
                                                      dtype_code(out), m, n, k, a.data_ptr(), b.data_ptr(),

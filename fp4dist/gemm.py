@@ -26,8 +26,11 @@ from fp4dist.format import gemm_alpha
 from fp4dist.tensor import NVFP4Tensor
 
 
+_FP4_SCALED_MM = os.environ.get("FP4DIST_FP4_SCALED_MM") == "1"  # read once: every GEMM asks
+
+
 def _use_fp4_scaled_mm(device: torch.device) -> bool:
-    return (os.environ.get("FP4DIST_FP4_SCALED_MM") == "1" and device.type == "cuda"
+    return (_FP4_SCALED_MM and device.type == "cuda"
             and torch.cuda.get_device_capability(device)[0] >= 10 and hasattr(torch, "float4_e2m1fn_x2"))
 
 

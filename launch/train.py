@@ -251,9 +251,10 @@ def closing_lines(cfg: DictConfig, tensorboard_written: bool) -> list[str]:
 
 
 def build(cfg: DictConfig, device: torch.device, tp_group):
-    """(recipe, model, optimizer, LR scheduler) of the config, the model on ``device``. With train.cuda_graph
-    the optimizer is fused and capturable, its lr a device tensor that the scheduler fills between replays."""
-    graphed = bool(cfg.train.cuda_graph)
+    """(recipe, model, optimizer, LR scheduler) of the config, the model on ``device``. On a GPU the optimizer is
+    fused and capturable, its lr a device tensor that the scheduler fills (between replays with
+    train.cuda_graph), so eager and captured steps run the same update and give the same losses."""
+    fused = device.type == "cuda"
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
              "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.train.dtype]
     recipe, hp_blocks = build_recipe(cfg)
@@ -264,8 +265,8 @@ def build(cfg: DictConfig, device: torch.device, tp_group):
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=torch.tensor(cfg.optim.lr, device=device) if graphed else cfg.optim.lr,
-                            betas=tuple(cfg.optim.betas), capturable=graphed, fused=graphed or None)
+                            lr=torch.tensor(cfg.optim.lr, device=device) if fused else cfg.optim.lr,
+                            betas=tuple(cfg.optim.betas), capturable=fused, fused=fused or None)
     return recipe, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
 

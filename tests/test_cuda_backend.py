@@ -212,6 +212,17 @@ def test_cast_kernel_dispatch(kern, gen, shape, mode):
         check_cast(kern, make_input(shape, dtype, gen), **MODES[mode])
 
 
+@pytest.mark.parametrize("shape,mode", [
+    # the wide kernel picks 512-, 256- or 128-row units by how the units fill the SMs (132 on an H100 / H200)
+    ((8192, 4096), "both_rht_sr"), ((8192, 4096), "both_2d"),   # 128 units of 512 rows: one wave
+    ((1024, 16384), "both_rht_sr"), ((1024, 16384), "both_2d"),  # 256-row units
+    ((1024, 1024), "both_rht_sr"), ((1024, 1024), "both_2d_sr"), ((1024, 1024), "col_rht"),  # 128-row units
+    ((1168, 1040), "both_rht_sr"),                                # 128-row units, a partial last one of 16 rows
+], ids=lambda v: v if isinstance(v, str) else "x".join(map(str, v)))
+def test_cast_wide_unit_heights(kern, gen, shape, mode):
+    check_cast(kern, make_input(shape, torch.bfloat16, gen), **MODES[mode])
+
+
 @pytest.mark.parametrize("mode", ["both_2d", "both_2d_sr"])
 @pytest.mark.parametrize("shape", [(1040, 528), (1024, 4096)], ids=lambda s: "x".join(map(str, s)))
 def test_cast_2d_distinct_layout_amax(kern, gen, shape, mode):
@@ -653,3 +664,66 @@ def test_quantizer_backends_agree(kern, gen):
         for name in NAMES:
             assert_same_bits(getattr(qc, name), getattr(qr, name), f"quantizer {kw} {name}")
         assert_same_floats(qc.dequantize(torch.float32), qr.dequantize(torch.float32), "dequantize")
+
+
+# ------------------------------------------------------------------------------------------------
+# RHT overflow (docs/numerics.md, section 6): inputs whose transform overflows the dtype or fp32, infinities
+# ------------------------------------------------------------------------------------------------
+
+def overflow_input_with_infinities(rows, cols, dtype, gen, infinities: bool):
+    from tests.test_rht_overflow import overflow_input
+
+    x = overflow_input(rows, cols, dtype, gen)
+    if infinities:  # +inf and -inf in one chunk, a lone inf in another (both NaN blocks, left out of the amax)
+        x[16 + 3, 1], x[16 + 9, 1], x[5, cols - 1] = float("inf"), float("-inf"), float("-inf")
+    return x
+
+
+RHT_OVERFLOW_MODES = ["col_rht", "both_rht", "col_rht_sr", "both_rht_sr", "both_2d_rht"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("mode", RHT_OVERFLOW_MODES)
+@pytest.mark.parametrize("shape", [(48, 80), (208, 400), (528, 1040), (32, 20)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("infinities", [False, True])
+def test_rht_overflow_cast_matches_reference(kern, gen, shape, mode, dtype, infinities):
+    if (MODES[mode]["rowwise"] or MODES[mode].get("block_2d")) and shape[1] % 16:
+        pytest.skip("the rowwise layout and 16x16 tiles need n % 16 == 0")
+    x = overflow_input_with_infinities(*shape, dtype, gen, infinities)
+    want = check_cast(kern, x, **MODES[mode])
+    col_scales = want[3].view(torch.uint8)
+    if not infinities:
+        assert (col_scales != 0x7F).all()  # finite inputs: no NaN block
+    elif not MODES[mode].get("block_2d"):
+        assert col_scales[1, 1].item() == 0x7F and col_scales[shape[1] - 1, 0].item() == 0x7F
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("shape", [(48, 80), (528, 1040), (32, 20), (64, 36)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("infinities", [False, True])
+def test_rht_overflow_amax_matches_reference(kern, gen, shape, dtype, infinities):
+    x = overflow_input_with_infinities(*shape, dtype, gen, infinities)
+    want = ref.compute_amax(x, rht=True)
+    assert torch.isfinite(want[1])
+    assert_same_floats(kern.compute_amax(x.cuda(), rht=True), want, f"amax {dtype} {shape} inf={infinities}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_rht_nan_input_gives_a_nan_layout_on_both_backends(kern, dtype):
+    x = torch.ones(64, 48, dtype=dtype)
+    x[7, 3], x[40, 5] = float("nan"), float("inf")
+    amax = ref.compute_amax(x, rht=True)
+    assert torch.isnan(amax).all()
+    assert torch.isnan(kern.compute_amax(x.cuda(), rht=True)).all()
+    want = check_cast(kern, x, **MODES["both_rht_sr"], amax=amax)
+    assert (want[3].view(torch.uint8) == 0x7F).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_rht_overflow_quantizer_backends_agree(kern, gen, dtype):
+    x = overflow_input_with_infinities(64, 96, dtype, gen, infinities=False)
+    for kw in (dict(rht=True), dict(rht=True, stochastic_rounding=True, seed=11)):
+        qc = NVFP4Quantizer(backend="cuda", **kw)(x.cuda(), rng_offset=3, row_offset=0)
+        qr = NVFP4Quantizer(backend="reference", **kw)(x, rng_offset=3, row_offset=0)
+        for name in NAMES + ("amax_rowwise", "amax_columnwise"):
+            assert_same_bits(getattr(qc, name), getattr(qr, name), f"quantizer {kw} {name}")

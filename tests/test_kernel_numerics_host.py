@@ -89,3 +89,73 @@ def test_device_gemm_alpha_matches_format_gemm_alpha(probe, gen):
             assert g_alpha == want_alpha[i], case
         assert g_shift == want_shift[i], case
     assert bool((shift > 1).any()) and bool((shift == 1).any())  # both branches of the rule were taken
+
+
+def _rht_chunks(gen, dtype, count):
+    """Chunks [count, 16] in dtype around its overflow: near its top (random and coherent signs, the RHT's d), at
+    the 2^124 prescale threshold, moderate, with +-inf, with NaN."""
+    from fp4dist.rht import RHT_SIGNS
+
+    top = torch.finfo(dtype).max
+    mag = torch.exp2(-10 * torch.rand(count, 16, generator=gen, dtype=torch.float64) ** 3)
+    scale = torch.tensor([top, top / 3, 2.0**124, 2.0**124 * (1 - 2.0**-20), 1.0, 1e-30], dtype=torch.float64)
+    scale = scale[torch.randint(0, len(scale), (count, 1), generator=gen)]
+    sign = torch.where(torch.rand(count, 16, generator=gen) < 0.5, -1.0, 1.0).double()
+    coherent = torch.rand(count, 1, generator=gen) < 0.5
+    sign = torch.where(coherent, torch.tensor(RHT_SIGNS, dtype=torch.float64).expand(count, 16), sign)
+    x = (sign * mag * scale).clamp(-top, top).to(dtype)
+    x[0] = top
+    x[1, 3], x[1, 9] = float("inf"), float("-inf")
+    x[2, 5] = float("inf")
+    x[3, 7] = float("nan")
+    x[4, 2], x[4, 3] = float("nan"), float("inf")
+    return x
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("sr", [False, True])
+def test_device_rht_overflow_path_matches_the_reference(probe, gen, dtype, sr):
+    # the kernels' columnwise RHT task (csrc/cast/rht_source.cuh and wide_column_codes) on the CPU against
+    # fp4dist.rht.columnwise_source / columnwise_amax and the reference quantization of that source, bit for bit
+    from fp4dist import rht as rht_mod
+    from fp4dist.backends import reference as ref
+
+    chunks = _rht_chunks(gen, dtype, 400)
+    key, row0, col = 0x9E3779B9, 48, 5
+    sources = rht_mod.columnwise_source(chunks)
+    # a finite amax for each chunk's quantization: its own RHT amax, or a fixed one where that is 0 / NaN
+    amaxes = [rht_mod.columnwise_amax(s[None], c[None]) for s, c in zip(sources, chunks)]
+    amaxes = [a if torch.isfinite(a) and a > 0 else torch.tensor(1.0) for a in amaxes]
+    dcode = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}[dtype]
+    queries = []
+    for c, a in zip(chunks, amaxes):
+        words = " ".join(str(w) for w in (c.float().view(torch.int32).long() & 0xFFFFFFFF).tolist())
+        amax_bits = a.float().view(torch.int32).item() & 0xFFFFFFFF
+        queries.append(f"rht {dcode} {amax_bits} {int(sr)} {key} {row0} {col} {words}")
+    answers = probe(queries)
+    wide_seen = 0
+    for i, (line, c, src, a) in enumerate(zip(answers, chunks, sources, amaxes)):
+        got = [int(v) for v in line.split()]
+        wide, amax_part, scale, code_lo, code_hi, values = got[0], got[1], got[2], got[3], got[4], got[5:]
+        wide_seen += wide
+        case = (i, c.tolist(), line)
+        want_values = src.view(torch.int32).long() & 0xFFFFFFFF
+        nan = torch.isnan(src)
+        got_values = torch.tensor(values, dtype=torch.int64)
+        assert torch.equal(got_values[~nan], want_values[~nan]), case
+        assert ((got_values[nan] & 0x7FFFFFFF) > 0x7F800000).all(), case
+        want_amax = rht_mod.columnwise_amax(src[None], c[None])
+        if torch.isnan(want_amax):
+            assert (amax_part & 0x7FFFFFFF) > 0x7F800000, case
+        else:
+            assert amax_part == want_amax.view(torch.int32).item(), case
+        bits = None
+        if sr:
+            bits = rng.random_bits(key, torch.arange(16)[None] + row0, torch.full((1, 16), col))
+        data, scales = ref._quantize_rows(src[None], a, False, bits)
+        assert scale == scales.view(torch.uint8).item(), case
+        want_words = data.reshape(-1).tolist()
+        got_bytes = list(code_lo.to_bytes(4, "little") + code_hi.to_bytes(4, "little"))
+        assert got_bytes == want_words, case
+    assert wide_seen > 40  # the overflow path was exercised (infinities, NaNs, overflowing chunks)

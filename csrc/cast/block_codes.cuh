@@ -9,6 +9,7 @@
 #include "../common/dtype_traits.cuh"
 #include "../common/numerics.cuh"
 #include "cast_params.h"
+#include "rht_source.cuh"
 
 namespace fp4dist_cuda {
 
@@ -37,26 +38,12 @@ SrKeySource<SR> key_source(const SrKeySource<true>& keys) {
 // holds 16 consecutive elements of one row as 8 packed pairs v. Codes: element i in nibble i (columnwise:
 // .x/.y column ca, .z/.w column ca + 1). grow: global row of the first element, before row_offset.
 
-// Block maxima (fp32 magnitude bits) of a columnwise task; with RHT, raw becomes the RHT'd pairs rounded to T
-// (one rounding from fp32) and the maxima are theirs.
-template <typename T, bool RHT>
-__device__ __forceinline__ void column_maxima(typename Tr<T>::P (&raw)[16], uint32_t& bits_a, uint32_t& bits_b) {
-  using TT = Tr<T>;
-  if constexpr (RHT) {
-    float a[16], b[16];
-#pragma unroll
-    for (int k = 0; k < 16; ++k) {
-      a[k] = TT::first(raw[k]);
-      b[k] = TT::second(raw[k]);
-    }
-    rht16(a);
-    rht16(b);
-#pragma unroll
-    for (int k = 0; k < 16; ++k) raw[k] = TT::round_pair(a[k], b[k]);
-  }
-  const typename TT::Acc acc = acc_of<TT>(raw);
-  bits_a = TT::first_bits(acc);
-  bits_b = TT::second_bits(acc);
+// Block maxima (fp32 magnitude bits) of a columnwise task (the input's; with RHT see column_rht below).
+template <typename T>
+__device__ __forceinline__ void column_maxima(const typename Tr<T>::P (&raw)[16], uint32_t& bits_a, uint32_t& bits_b) {
+  const typename Tr<T>::Acc acc = acc_of<Tr<T>>(raw);
+  bits_a = Tr<T>::first_bits(acc);
+  bits_b = Tr<T>::second_bits(acc);
 }
 
 template <typename T>
@@ -176,28 +163,64 @@ __device__ __forceinline__ uint4 tile_rows_from_columns(const uint4 c, int lane)
   return make_uint4(e0, e1, o0, o1);
 }
 
+// The overflow path of a columnwise task with RHT (rht_source.cuh), out of line so that the common path keeps its
+// registers: the inputs again (16 rows of stride bytes from col0, in shared memory), their fp32 source, its maxima
+// (tile: over the 16x16 tile; the whole warp must call then, which gives a task without overflow its spec values
+// again), scale bytes (byte of ca | of ca + 1 << 8, each byte twice with tiles) and codes.
+struct WideTask {
+  uint4 codes;
+  uint32_t scales;
+};
+template <typename T, bool SR>
+__device__ __noinline__ WideTask column_rht_wide(const uint8_t* col0, int stride, float k_col, const float* etab_c,
+                                                 uint32_t key, uint32_t row0, uint32_t ca, bool tile) {
+  typename Tr<T>::P inputs[16];
+#pragma unroll
+  for (int k = 0; k < 16; ++k) inputs[k] = *reinterpret_cast<const typename Tr<T>::P*>(col0 + k * stride);
+  float a[16], b[16];
+  uint32_t in_a, in_b, bits_a, bits_b;
+  rht_column_wide<T>(inputs, a, b, in_a, in_b, bits_a, bits_b);
+  if (tile) bits_a = bits_b = tile_max8(max_u32(bits_a, bits_b));
+  WideTask r;
+  r.scales = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);
+  const uint2 qa = wide_column_codes<SR>(a, etab_c[r.scales & 127], key, row0, ca);
+  const uint2 qb = wide_column_codes<SR>(b, etab_c[(r.scales >> 8) & 127], key, row0, ca + 1);
+  r.codes = make_uint4(qa.x, qa.y, qb.x, qb.y);
+  return r;
+}
+
 // A columnwise task. With 16x16 tiles the tile max of the input (before any RHT) goes to *tile_max (written
 // by the first lane of each 8); with do_col the two blocks are quantized: codes, scales = byte of ca | of
-// ca + 1 << 8. etab_c: encode scales by scale byte.
+// ca + 1 << 8. etab_c: encode scales by scale byte. col0, stride: where raw was loaded from (16 rows of stride
+// bytes in shared memory), read again on RHT's overflow path.
 template <typename T, bool RHT, bool SR>
-__device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>::P (&raw)[16], float k_col,
-                                            const float* etab_c, uint32_t grow, uint32_t ca, int lane,
-                                            uint32_t* tile_max, uint4& codes, uint16_t& scales) {
+__device__ __forceinline__ void column_pair(const CastParams& p, typename Tr<T>::P (&raw)[16], const uint8_t* col0,
+                                            int stride, float k_col, const float* etab_c, uint32_t grow, uint32_t ca,
+                                            int lane, uint32_t* tile_max, uint4& codes, uint16_t& scales) {
   uint32_t bits_a = 0, bits_b = 0, tile_in = 0;  // tile_in: 16x16 tile max of the input (before any RHT)
   if constexpr (RHT) {
     if (p.block_2d) {
       uint32_t a, b;
-      column_maxima<T, false>(raw, a, b);
+      column_maxima<T>(raw, a, b);
       tile_in = tile_max8(max_u32(a, b));
     }
   } else {
-    column_maxima<T, false>(raw, bits_a, bits_b);
+    column_maxima<T>(raw, bits_a, bits_b);
     if (p.block_2d) tile_in = tile_max8(max_u32(bits_a, bits_b));
   }
   if (p.block_2d && (lane & 7) == 0) *tile_max = tile_in;
   if (!p.do_col) return;
   if constexpr (RHT) {
-    column_maxima<T, true>(raw, bits_a, bits_b);
+    uint32_t in_a, in_b;
+    bool wide = rht_column_rounded<T>(raw, in_a, in_b, bits_a, bits_b);
+    if (p.block_2d) wide = __any_sync(0xffffffffu, wide);  // the tile max needs every lane
+    if (wide) {
+      const WideTask w = column_rht_wide<T, SR>(col0, stride, k_col, etab_c, p.key_col, p.row_offset + grow, ca,
+                                                p.block_2d);
+      codes = w.codes;
+      scales = static_cast<uint16_t>(w.scales);
+      return;
+    }
     if (p.block_2d) bits_a = bits_b = tile_max8(max_u32(bits_a, bits_b));
   } else {
     if (p.block_2d) bits_a = bits_b = tile_in;

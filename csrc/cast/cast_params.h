@@ -23,6 +23,7 @@ struct CastParams {
   uint32_t tiles_x, tiles_y, num_tiles;
   uint32_t group_rows;  // tile order: groups of this many tile rows, column-major inside a group
   uint32_t group_shift; // log2(group_rows) if a power of two, else 32
+  uint32_t unit_rows;   // the wide kernel's rows per unit (128, 256 or 512; set by its launcher)
 };
 
 // Where the SR kernels take their keys from: with rng_offset set, each CTA replaces p.key_row / p.key_col by

@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(con
         for (int k = 0; k < 16; ++k) raw[k] = *reinterpret_cast<const P*>(buf + (lr + k) * RB + cl * sizeof(T));
         uint4 codes;
         uint16_t scales;
-        column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + lr),
+        column_pair<T, RHT, SR>(p, raw, buf + lr * RB + cl * sizeof(T), RB, k_col, etab_c, static_cast<uint32_t>(r0 + lr),
                                 static_cast<uint32_t>(c0 + cl), lane, tamax + rb * S::kBPR + pp / 8, codes, scales);
         if (p.do_col) {
           col_stage[rb * S::kNPair + pp] = codes;

@@ -31,7 +31,7 @@ namespace fp4dist_cuda {
 namespace wide {
 constexpr int kCols = 512;                             // columns per unit and sub-tile
 constexpr int kSubRows = 32;                           // rows per sub-tile (one ring stage)
-constexpr int kUnitRows = 512;                         // rows per unit (columnwise scales: 32 per column)
+constexpr int kUnitRows = 512;                         // most rows per unit (columnwise scales: 32 per column)
 constexpr int kChunkRows = 128;                        // columnwise codes leave in 128-row chunks
 constexpr int kStages = 4;
 constexpr int kWarps = 16;                             // compute warps
@@ -87,12 +87,13 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
 
   const int m = static_cast<int>(p.m), n = static_cast<int>(p.n);
   const uint32_t units_x = (n + kCols - 1) / kCols;
+  const int U = static_cast<int>(p.unit_rows);  // 128, 256 or 512 rows per unit
 
   if (warp == kWarps) {  // producer: one bulk copy per row of each sub-tile
     uint32_t seq = 0;
     for (uint32_t unit = blockIdx.x; unit < p.num_tiles; unit += gridDim.x) {
-      const int R0 = static_cast<int>(unit / units_x) * kUnitRows, C0 = static_cast<int>(unit % units_x) * kCols;
-      const int cols = min(kCols, n - C0), unit_rows = min(kUnitRows, m - R0);
+      const int R0 = static_cast<int>(unit / units_x) * U, C0 = static_cast<int>(unit % units_x) * kCols;
+      const int cols = min(kCols, n - C0), unit_rows = min(U, m - R0);
       for (int k = 0; k * kSubRows < unit_rows; ++k, ++seq) {
         const int slot = seq % kStages;
         if (seq >= kStages) mbar_wait(&empty[slot], ((seq / kStages) & 1) ^ 1);
@@ -150,8 +151,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   };
   uint32_t seq = 0, chunk_seq = 0, unit_seq = 0;
   for (uint32_t unit = blockIdx.x; unit < p.num_tiles; unit += gridDim.x, ++unit_seq) {
-    const int R0 = static_cast<int>(unit / units_x) * kUnitRows, C0 = static_cast<int>(unit % units_x) * kCols;
-    const int cols = min(kCols, n - C0), unit_rows = min(kUnitRows, m - R0);
+    const int R0 = static_cast<int>(unit / units_x) * U, C0 = static_cast<int>(unit % units_x) * kCols;
+    const int cols = min(kCols, n - C0), unit_rows = min(U, m - R0);
     // this lane's rowwise codes / scale of row 2 warp in the unit's first sub-tile
     uint8_t* const rd_unit = p.do_row ? p.rd + static_cast<int64_t>(R0 + 2 * warp) * rstride + C0 / 2 + lane * 8 : nullptr;
     uint8_t* const rs_unit = p.do_row ? p.rs + static_cast<int64_t>(R0 + 2 * warp) * sstride + C0 / 16 + lane : nullptr;
@@ -173,15 +174,27 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         load_column(buf, raw);
         load_row(buf, 0, v[0]);
         load_row(buf, 1, v[1]);
-        uint32_t bits_a, bits_b;
-        column_maxima<T, RHT>(raw, bits_a, bits_b);
+        uint32_t bits_a, bits_b, in_a = 0, in_b = 0;
+        bool wide = false;  // RHT's overflow path (block_codes.cuh, column_rht_wide)
+        if constexpr (RHT) {
+          wide = rht_column_rounded<T>(raw, in_a, in_b, bits_a, bits_b);
+        } else {
+          column_maxima<T>(raw, bits_a, bits_b);
+        }
         const uint32_t bits_0 = row_maximum<T>(v[0]), bits_1 = row_maximum<T>(v[1]);
-        const uint16_t cs2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);  // bytes <= 0x7F
+        uint16_t cs2 = e4m3x2_satfinite(u2f(bits_a) * k_col, u2f(bits_b) * k_col);  // bytes <= 0x7F
         const uint16_t rs2 = e4m3x2_satfinite(u2f(bits_0) * k_row, u2f(bits_1) * k_row);
         const uint32_t sa = cs2 & 0xffu, sb = cs2 >> 8;
-        const uint4 ccodes = column_block_codes<T, SR>(p, raw, bits_a, bits_b, etab_c[sa], etab_c[sb],
-                                                       static_cast<uint32_t>(r0 + g * 16),
-                                                       static_cast<uint32_t>(C0 + cpair), p.key_col);
+        const uint32_t grow = static_cast<uint32_t>(r0 + g * 16), ca = static_cast<uint32_t>(C0 + cpair);
+        uint4 ccodes;
+        if (wide) {
+          const WideTask w = column_rht_wide<T, SR>(buf + (g * 16) * kRowBytes + pair * 4, kRowBytes, k_col, etab_c,
+                                                    p.key_col, p.row_offset + grow, ca, false);
+          ccodes = w.codes;
+          cs2 = static_cast<uint16_t>(w.scales);
+        } else {
+          ccodes = column_block_codes<T, SR>(p, raw, bits_a, bits_b, etab_c[sa], etab_c[sb], grow, ca, p.key_col);
+        }
         stage_column(stage, q, k, ccodes, cs2);
         emit_row(v[0], 0, bits_0, rs2 & 0xffu, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
         emit_row(v[1], 1, bits_1, rs2 >> 8, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
@@ -192,7 +205,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         P raw[16];
         load_column(buf, raw);
         uint32_t bits_a, bits_b;
-        column_maxima<T, false>(raw, bits_a, bits_b);
+        column_maxima<T>(raw, bits_a, bits_b);
         const uint32_t tile_in = tile_max8(max_u32(bits_a, bits_b));  // of the input
         const uint32_t grow = static_cast<uint32_t>(r0 + g * 16), ca = static_cast<uint32_t>(C0 + cpair);
         uint4 rcodes = make_uint4(0u, 0u, 0u, 0u);
@@ -205,17 +218,27 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         }
         if (p.do_col) {
           uint32_t bits_c = tile_in;
+          bool wide = false;
           if constexpr (RHT) {
-            column_maxima<T, true>(raw, bits_a, bits_b);
-            bits_c = tile_max8(max_u32(bits_a, bits_b));
+            uint32_t in_a, in_b;
+            wide = __any_sync(0xffffffffu, rht_column_rounded<T>(raw, in_a, in_b, bits_a, bits_b));
+            if (wide) {  // the overflow path, the whole warp (its tile max needs every lane)
+              const WideTask w = column_rht_wide<T, SR>(buf + (g * 16) * kRowBytes + pair * 4, kRowBytes, k_col,
+                                                        etab_c, p.key_col, p.row_offset + grow, ca, true);
+              stage_column(stage, q, k, w.codes, static_cast<uint16_t>(w.scales));
+            } else {
+              bits_c = tile_max8(max_u32(bits_a, bits_b));
+            }
           }
-          const uint32_t s_c = e4m3_satfinite(u2f(bits_c) * k_col);
-          const float e_c = etab_c[s_c];
-          // the same scale and SR stream give the same codes (the rowwise ones are already there)
-          const bool same = !RHT && p.do_row && e_c == e_r && (!SR || p.key_col == p.key_row);
-          const uint4 ccodes =
-              same ? rcodes : column_block_codes<T, SR>(p, raw, bits_c, bits_c, e_c, e_c, grow, ca, p.key_col);
-          stage_column(stage, q, k, ccodes, static_cast<uint16_t>(s_c * 0x101u));
+          if (!wide) {
+            const uint32_t s_c = e4m3_satfinite(u2f(bits_c) * k_col);
+            const float e_c = etab_c[s_c];
+            // the same scale and SR stream give the same codes (the rowwise ones are already there)
+            const bool same = !RHT && p.do_row && e_c == e_r && (!SR || p.key_col == p.key_row);
+            const uint4 ccodes =
+                same ? rcodes : column_block_codes<T, SR>(p, raw, bits_c, bits_c, e_c, e_c, grow, ca, p.key_col);
+            stage_column(stage, q, k, ccodes, static_cast<uint16_t>(s_c * 0x101u));
+          }
         }
         if (p.do_row) {
           const uint4 rows2 = tile_rows_from_columns(rcodes, lane);  // rows 2 (lane % 8), + 1 of the tile
@@ -236,7 +259,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
           load_column(buf, raw);
           uint4 codes;
           uint16_t scales;
-          column_pair<T, RHT, SR>(p, raw, k_col, etab_c, static_cast<uint32_t>(r0 + g * 16),
+          column_pair<T, RHT, SR>(p, raw, buf + (g * 16) * kRowBytes + pair * 4, kRowBytes, k_col, etab_c,
+                                  static_cast<uint32_t>(r0 + g * 16),
                                   static_cast<uint32_t>(C0 + cpair), lane, nullptr, codes, scales);
           stage_column(stage, q, k, codes, scales);
         }
@@ -328,7 +352,15 @@ namespace {
 template <typename T, bool RHT, bool SR, bool kBoth>
 cudaError_t launch_cast_wide_t(const CastParams& p0, const SrKeySource<true>& keys, cudaStream_t stream) {
   CastParams p = p0;
-  const int64_t units = ((p.n + wide::kCols - 1) / wide::kCols) * ((p.m + wide::kUnitRows - 1) / wide::kUnitRows);
+  // Rows per unit: 512 keeps every columnwise scale write a whole 32-byte sector, but a tensor of few units
+  // leaves SMs idle (8192 x 1024 is 32 units of 512 rows). Take the unit height whose waves of units (one CTA per
+  // SM) cost the fewest rows per CTA, the tallest on a tie.
+  const int64_t units_x = (p.n + wide::kCols - 1) / wide::kCols, sms = sm_count();
+  int64_t units = 0, best_cost = INT64_MAX;
+  for (int rows = wide::kUnitRows; rows >= wide::kChunkRows; rows /= 2) {
+    const int64_t u = units_x * ((p.m + rows - 1) / rows), cost = (u + sms - 1) / sms * rows;
+    if (cost < best_cost) best_cost = cost, units = u, p.unit_rows = static_cast<uint32_t>(rows);
+  }
   if (units == 0) return cudaSuccess;
   p.num_tiles = static_cast<uint32_t>(units);
   p.col_scale_vec = p.do_col && (p.m % 256 == 0) && (reinterpret_cast<uintptr_t>(p.cs) % 16 == 0);
@@ -344,7 +376,7 @@ cudaError_t launch_cast_wide_t(const CastParams& p0, const SrKeySource<true>& ke
     if (err != cudaSuccess) return err;
     ready[dev] = true;
   }
-  const int64_t grid = units < sm_count() ? units : sm_count();
+  const int64_t grid = units < sms ? units : sms;
   kern<<<static_cast<unsigned>(grid), wide::kThreads, wide::kSmemBytes, stream>>>(p, key_source<SR>(keys));
   return cudaGetLastError();
 }

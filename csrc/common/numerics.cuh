@@ -1,5 +1,5 @@
 // NVFP4 numerics shared by the kernels and their host-side checks (tests/host/): E2M1 rounding (RN, SR),
-// the E4M3 block scale and the fp32 global scale, the SR hash, the 16-point RHT.
+// the E4M3 block scale and the fp32 global scale, the SR hash, the 16-point RHT and its overflow rule.
 //
 // Bit-exact with fp4dist/format.py, fp4dist/rng.py and fp4dist/rht.py. Every function is
 // __host__ __device__ (device code uses the PTX forms, host code a plain C++ model of the same
@@ -364,15 +364,24 @@ FP4_HD uint2 quantize16_rn_fast(XFn xf, float e, uint32_t s0, uint32_t s1) {
   return make_uint2(w[0] - kRnPackBias + s0, w[1] - kRnPackBias + s1);
 }
 
-// 16-point RHT of a chunk, in place: signs, butterfly h = 1, 2, 4, 8 ((a, b) -> (a + b, a - b)),
-// then * 0.25 (fp32). The caller rounds the result to the input dtype.
+// 16-point RHT of a chunk, in place (fp4dist/rht.py): signs, butterfly h = 1, 2, 4, 8 ((a, b) -> (a + b, a - b)),
+// then * 0.25 (fp32). With prescale (the chunk's max|c| >= 2^124, where a stage could overflow: |stage s| <=
+// 2^s max|c|), the signed chunk is multiplied by 2^-4 first and the result by 4 instead of 0.25; its stages then
+// stay finite and only the final product can reach +-inf (a true value beyond FLT_MAX). The caller rounds the
+// result to the input dtype (rht_wide_value where that is not finite).
 // d = [1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1]: bit i of the mask set where d[i] = -1.
 constexpr uint32_t kRhtNegMask = 0xD7E8u;
+constexpr uint32_t kInfBits = 0x7F800000u;           // fp32 bits of +inf; magnitude bits above it are NaN
+constexpr uint32_t kRhtPrescaleBits = 0x7D800000u;   // fp32 bits of 2^124
 
-FP4_HD void rht16(float (&a)[16]) {
+FP4_HD void rht16(float (&a)[16], bool prescale) {
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
     if ((kRhtNegMask >> i) & 1u) a[i] = -a[i];
+  }
+  if (prescale) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) a[i] = a[i] * 0.0625f;
   }
 #pragma unroll
   for (int h = 1; h < 16; h *= 2) {
@@ -385,8 +394,36 @@ FP4_HD void rht16(float (&a)[16]) {
       }
     }
   }
+  const float post = prescale ? 4.0f : 0.25f;
 #pragma unroll
-  for (int i = 0; i < 16; ++i) a[i] = a[i] * 0.25f;
+  for (int i = 0; i < 16; ++i) a[i] = a[i] * post;
+}
+
+// fp32 bits of max|a[i]| (NaN bits win).
+FP4_HD uint32_t max_mag_bits(const float (&a)[16]) {
+  uint32_t m = 0;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) m = max_u32(m, f2u(a[i]) & 0x7fffffffu);
+  return m;
+}
+
+// The RHT with the prescale decided from the chunk itself.
+FP4_HD void rht16(float (&a)[16]) { rht16(a, max_mag_bits(a) >= kRhtPrescaleBits); }
+
+// A value of the columnwise source on the overflow path (rht.columnwise_source): y the fp32 transform, r it rounded
+// to the input dtype. r where finite, else y, saturated to +-FLT_MAX; NaN for every value of a chunk holding an
+// infinity or a NaN (finite_chunk false).
+FP4_HD float rht_wide_value(float y, float r, bool finite_chunk) {
+  if (!finite_chunk) return u2f(0x7FC00000u);
+  const float v = (f2u(r) & 0x7fffffffu) < kInfBits ? r : y;
+  return v > kFltMax ? kFltMax : (v < -kFltMax ? -kFltMax : v);
+}
+
+// A chunk's part in the RHT'd columnwise amax (rht.columnwise_amax), as fp32 magnitude bits: NaN (in_bits itself)
+// for a chunk holding a NaN, 0 for one holding an infinity (its block is NaN, the amax leaves it out), else the
+// maximum of its source values. in_bits: max|input| of the chunk.
+FP4_HD uint32_t rht_chunk_amax_bits(uint32_t in_bits, uint32_t source_bits) {
+  return in_bits > kInfBits ? in_bits : (in_bits == kInfBits ? 0u : source_bits);
 }
 
 }  // namespace fp4dist_cuda

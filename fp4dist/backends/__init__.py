@@ -17,6 +17,7 @@ from fp4dist.backends import reference
 
 log = logging.getLogger("fp4dist")
 BACKENDS = ("auto", "reference", "cuda")
+_cuda_kernels: list = []  # the CUDA backend once it has loaded
 
 
 class Backend(Protocol):
@@ -74,7 +75,11 @@ def _select(name: str, device_type: str) -> Backend:
         return reference
     if device_type != "cuda":
         raise ValueError(f"backend='cuda' needs a CUDA tensor, got one on {device_type}")
+    if _cuda_kernels:  # resolved once: every quantize asks
+        return _cuda_kernels[0]
     kernels = cuda_backend()
+    if kernels is not None:
+        _cuda_kernels.append(kernels)
     if kernels is None:
         if name == "cuda":
             raise RuntimeError("backend='cuda' was asked for but the fp4dist CUDA kernels are unavailable "

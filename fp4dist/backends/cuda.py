@@ -96,6 +96,8 @@ def gemm_alpha(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, out_dtype:
 
 
 def _kernels() -> ModuleType:
+    if _ext is not None:
+        return _ext
     if not available():
         raise RuntimeError("the fp4dist CUDA kernels are unavailable (see the fp4dist log line for why)")
     return _ext
@@ -180,7 +182,8 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
     stream_row, stream_col = rng.layout_streams(block_2d) if streams is None else streams
     if not all(isinstance(s, int) and 0 <= s < 2**32 for s in (stream_row, stream_col)):
         raise ValueError(f"streams must be two ints in [0, 2^32), got {streams!r}")
-    amax = amax.to(device=dev, dtype=torch.float32).reshape(-1).contiguous()
+    if amax.dtype != torch.float32 or amax.device != dev or amax.dim() != 1 or not amax.is_contiguous():
+        amax = amax.to(device=dev, dtype=torch.float32).reshape(-1).contiguous()
     if amax.numel() != 2:
         raise ValueError(f"amax must have 2 elements (rowwise, columnwise), got {amax.numel()}")
     o = tuple(out) if out is not None else (None,) * 4
@@ -195,7 +198,7 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
         cd = _out_or_new(o[2], (n, m // 2), torch.uint8, dev, "columnwise_data")
         cs = _out_or_new(o[3], (n, m // 16), torch.float8_e4m3fn, dev, "columnwise_scale_inv")
     if x2d.numel():
-        empty = torch.empty(0, dtype=torch.uint8, device=dev)
+        empty = _empty_bytes(dev)
         args = (_aligned(x2d), amax,
                 rd if rd is not None else empty, rs.view(torch.uint8) if rs is not None else empty,
                 cd if cd is not None else empty, cs.view(torch.uint8) if cs is not None else empty,
@@ -252,12 +255,28 @@ def _packed(data: torch.Tensor, scale_inv: torch.Tensor, what: str):
     return data, scale, slices * rows, row_bytes
 
 
+_EMPTY: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # the "not given" argument, per device
+
+
+def _empty(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    t = _EMPTY.get((device, dtype))
+    if t is None:
+        t = _EMPTY[(device, dtype)] = torch.empty(0, dtype=dtype, device=device)
+    return t
+
+
+def _empty_bytes(device: torch.device) -> torch.Tensor:
+    return _empty(device, torch.uint8)
+
+
 def _scalar_or_empty(t: torch.Tensor | None, device: torch.device, what: str) -> torch.Tensor:
     if t is None:
-        return torch.empty(0, dtype=torch.float32, device=device)
+        return _empty(device, torch.float32)
     if not isinstance(t, torch.Tensor) or t.numel() != 1:
         raise ValueError(f"{what} must be a one-element tensor")
-    return t.to(device=device, dtype=torch.float32).reshape(1)
+    if t.dtype != torch.float32 or t.device != device:
+        t = t.to(device=device, dtype=torch.float32)
+    return t.reshape(1)
 
 
 def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
@@ -295,7 +314,7 @@ def decode_operands(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.T
         raise ValueError(f"decode_operands: the operands are on {dev} and {b_data.device}")
     a_op = torch.empty((a_rows, a_bytes * 2), dtype=out_dtype, device=dev)
     b_op = torch.empty((b_rows, b_bytes * 2), dtype=out_dtype, device=dev)
-    alpha = torch.empty(1, dtype=torch.float32, device=dev)
+    alpha = torch.empty(1, dtype=torch.float32, device=dev)  # not views of one tensor: custom ops return them
     shift = torch.empty(1, dtype=torch.float32, device=dev)
     _kernels().decode_operands(a_data, a_scale, a_op, b_data, b_scale, b_op,
                                _scalar_or_empty(amax_a, dev, "amax_a"), _scalar_or_empty(amax_b, dev, "amax_b"),

@@ -13,18 +13,23 @@ import torch
 
 from fp4dist import format as fmt
 from fp4dist import rng
-from fp4dist.rht import rht as apply_rht
+from fp4dist import rht as rht_mod
 
 
 def _columnwise_source(x2d: torch.Tensor, rht: bool) -> torch.Tensor:
-    """V = X^T [n, m] in x's dtype, transformed by the RHT along its rows when ``rht``."""
+    """V = X^T [n, m]: in x's dtype, or with ``rht`` its RHT along the rows as fp32 (rht.columnwise_source:
+    the transform rounded to x's dtype where that is finite)."""
     v = x2d.t()
-    return apply_rht(v) if rht else v
+    return rht_mod.columnwise_source(v) if rht else v
 
 
 def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
     row_amax = x2d.abs().amax().float()
-    col_amax = _columnwise_source(x2d, True).abs().amax().float() if rht else row_amax
+    if rht:
+        v = x2d.t()
+        col_amax = rht_mod.columnwise_amax(rht_mod.columnwise_source(v), v)
+    else:
+        col_amax = row_amax
     return torch.stack((row_amax, col_amax))
 
 

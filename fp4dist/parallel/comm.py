@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from fp4dist.collectives import all_gather_single, reduce_scatter_single
+from fp4dist.parallel import agree
 
 
 def group_size(group) -> int:
@@ -32,10 +33,27 @@ def group_size(group) -> int:
     return dist.get_world_size(group)
 
 
+_AGREEMENTS: dict[tuple, agree.AgreementCache] = {}
+_SHAPE_FIELDS = ("tensor shape", "dtype")
+
+
+def _agree_on_shape(what: str, x: torch.Tensor, group, check=lambda: None) -> None:
+    """Every rank passes the same shape and dtype (and ``check`` passes on every rank), agreed once per signature
+    (agree.py): a shard of another length would make the collective abort the process. Under torch.compile only
+    ``check`` runs (at trace time)."""
+    if torch.compiler.is_compiling():
+        check()
+        return
+    key = (what, tuple(dist.get_process_group_ranks(group)) if group is not None else None)
+    cache = _AGREEMENTS.setdefault(key, agree.AgreementCache())
+    agree.agree(cache, what, _SHAPE_FIELDS, agree.tensor_signature(x), check, group)
+
+
 def all_gather_dim0(x: torch.Tensor, group) -> torch.Tensor:
     world = group_size(group)
     if world == 1:
         return x
+    _agree_on_shape("all-gather along dim 0 (every rank's shard must have the same shape)", x, group)
     out = torch.empty((world * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
     all_gather_single(out, x.contiguous(), group=group)
     return out
@@ -45,8 +63,12 @@ def reduce_scatter_dim0(x: torch.Tensor, group) -> torch.Tensor:
     world = group_size(group)
     if world == 1:
         return x
-    if x.shape[0] % world:
-        raise ValueError(f"reduce-scatter along dim 0 needs its size ({x.shape[0]}) divisible by the group size {world}")
+    def check():
+        if x.shape[0] % world:
+            raise ValueError(f"reduce-scatter along dim 0 needs its size ({x.shape[0]}) divisible by the group size "
+                             f"{world}")
+
+    _agree_on_shape("reduce-scatter along dim 0 (every rank's input must have the same shape)", x, group, check)
     out = torch.empty((x.shape[0] // world, *x.shape[1:]), dtype=x.dtype, device=x.device)
     reduce_scatter_single(out, x.contiguous(), group=group)
     return out

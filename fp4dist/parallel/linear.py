@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fp4dist.parallel import comm
+from fp4dist.parallel import agree, comm
 from fp4dist.parallel.nvfp4_module import MAX_MICROBATCHES, NVFP4ModuleMixin, name_rng_streams, set_rng_step
 from fp4dist.recipe import HighPrecisionRecipe
 
@@ -67,6 +67,23 @@ class _ParallelLinear(NVFP4ModuleMixin, nn.Module):
             raise ValueError(f"{type(self).__name__}: input last dim is {x.shape[-1]}, expected {expected_last}"
                              f" (in_features={self.in_features}, tp size {self.tp_size})")
 
+    _AGREED_FIELDS = ("layer", "in_features", "out_features", "tp size", "sequence_parallel", "recipe",
+                      "input shape", "input dtype", "(grad enabled, input requires grad, weight requires grad)")
+
+    def _agree(self, x: torch.Tensor, check) -> None:
+        """Run the local input checks and agree on them and on the call's signature with the TP group (agree.py);
+        without tensor parallelism the checks are local."""
+        if torch.compiler.is_compiling() or self.tp_group is None:
+            check()  # a compiled forward checks locally, at trace time
+            return
+        if not hasattr(self, "_agreement"):
+            self._agreement = agree.AgreementCache()
+        signature = (type(self).__name__, self.in_features, self.out_features, self.tp_size, self.sequence_parallel,
+                     repr(self.recipe), *agree.tensor_signature(x),
+                     (torch.is_grad_enabled(), x.requires_grad, self.weight.requires_grad))
+        what = f"{type(self).__name__} {self.rng_name!r}" if self.rng_name else type(self).__name__
+        agree.agree(self._agreement, what, self._AGREED_FIELDS, signature, check, self.tp_group)
+
     def _matmul(self, x: torch.Tensor, sp: bool = False) -> torch.Tensor:
         return self._nvfp4_matmul(x, self.weight, sp)
 
@@ -93,7 +110,7 @@ class ColumnParallelLinear(_ParallelLinear):
         self._mark_sharded(self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x, self.in_features)
+        self._agree(x, lambda: self._check_input(x, self.in_features))
         sp = self.sequence_parallel and self.tp_size > 1
         if self.quantized and sp:
             y = self._matmul(x, sp=True)  # NVFP4 gather inside
@@ -125,16 +142,18 @@ class RowParallelLinear(_ParallelLinear):
             # replicated, but each rank's grad covers only its sequence shard: see allreduce_sequence_parallel_grads
             self.bias.sequence_parallel = True
 
+    def _check_sequence_split(self, x: torch.Tensor) -> None:
+        if self.sequence_parallel and self.tp_size > 1 and x.shape[0] % self.tp_size:
+            raise ValueError(f"RowParallelLinear: sequence length {x.shape[0]} (dim 0) is not divisible by the "
+                             f"tensor-parallel size {self.tp_size} for the sequence-parallel reduce-scatter")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = self.in_features // self.tp_size if self.input_is_parallel else self.in_features
+        self._agree(x, lambda: (self._check_input(x, width), self._check_sequence_split(x)))
         if not self.input_is_parallel:
-            self._check_input(x, self.in_features)
             x = comm.scatter_last_dim_to_tp(x, self.tp_group)
-        self._check_input(x, self.in_features // self.tp_size)
         y = self._matmul(x)
         if self.sequence_parallel and self.tp_size > 1:
-            if y.shape[0] % self.tp_size:
-                raise ValueError(f"RowParallelLinear: sequence length {y.shape[0]} (dim 0) is not divisible by the "
-                                 f"tensor-parallel size {self.tp_size} for the sequence-parallel reduce-scatter")
             y = comm.reduce_scatter_seq_to_sp(y, self.tp_group)
         else:
             y = comm.reduce_from_tp(y, self.tp_group)
