@@ -47,7 +47,9 @@ from fp4dist.recipe import NVFP4Recipe
 __all__ = ["NVFP4ColwiseParallel", "NVFP4RowwiseParallel", "NVFP4PrepareModuleInput"]
 
 
-def _as_nvfp4_linear(module: nn.Module, recipe, style: str) -> NVFP4Linear:
+def _as_nvfp4_linear(module: nn.Module, recipe, style: str, mesh) -> NVFP4Linear:
+    if mesh.ndim != 1:
+        raise ValueError(f"{style} takes a 1-D (tensor-parallel) mesh, got a {mesh.ndim}-D one")
     if isinstance(module, NVFP4Linear):
         if recipe is not None:
             module.recipe = recipe
@@ -60,8 +62,6 @@ def _as_nvfp4_linear(module: nn.Module, recipe, style: str) -> NVFP4Linear:
 def _attach(module: NVFP4Linear, mesh, tp_forward) -> None:
     """After ``distribute_module``: the TP group and rank, the forward, and a plain ``rng_offset`` buffer
     (distribute_module makes every remaining buffer a replicated DTensor; the SR offset stays local)."""
-    if mesh.ndim != 1:
-        raise ValueError(f"NVFP4 TP styles take a 1-D (tensor-parallel) mesh, got a {mesh.ndim}-D one")
     offset = module.rng_offset
     module._buffers["rng_offset"] = offset.to_local() if isinstance(offset, DTensor) else offset
     module.set_tensor_parallel(mesh.get_group(), mesh.get_local_rank())
@@ -95,7 +95,7 @@ def _from_dim0(t: torch.Tensor, d: int) -> torch.Tensor:
 def _check_input(module: NVFP4Linear, x, expected: int, style: str) -> None:
     if x.shape[-1] != expected:
         raise ValueError(f"{style}: input last dim is {x.shape[-1]}, expected {expected} (in_features="
-                         f"{module.in_features}, tp size {module.sr_group and comm.group_size(module.sr_group)})")
+                         f"{module.in_features}, tp size {comm.group_size(module.sr_group)})")
 
 
 class _ColwiseForward:
@@ -178,7 +178,7 @@ class NVFP4ColwiseParallel(ColwiseParallel):
         self.recipe = recipe
 
     def _apply(self, module: nn.Module, device_mesh) -> nn.Module:
-        module = _as_nvfp4_linear(module, self.recipe, type(self).__name__)
+        module = _as_nvfp4_linear(module, self.recipe, type(self).__name__, device_mesh)
         distribute_module(module, device_mesh, self._partition_linear_fn, partial(_annotate, self.input_layouts),
                           partial(self._prepare_output_fn, self.output_layouts, self.use_local_output))
         _attach(module, device_mesh, _ColwiseForward(device_mesh))
@@ -198,7 +198,7 @@ class NVFP4RowwiseParallel(RowwiseParallel):
                              f"{self.output_layouts[0]}")
 
     def _apply(self, module: nn.Module, device_mesh) -> nn.Module:
-        module = _as_nvfp4_linear(module, self.recipe, type(self).__name__)
+        module = _as_nvfp4_linear(module, self.recipe, type(self).__name__, device_mesh)
         distribute_module(module, device_mesh, self._partition_linear_fn, partial(_annotate, self.input_layouts),
                           partial(self._prepare_output_fn, self.output_layouts, self.use_local_output))
         _attach(module, device_mesh, _RowwiseForward(device_mesh, self.output_layouts[0]))
