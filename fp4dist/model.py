@@ -97,8 +97,9 @@ class GPT(nn.Module):
     """tokens [b, s] int64 -> logits [b, s, vocab] fp32.
 
     ``recipe`` applies to the transformer blocks' linears except the ``high_precision_blocks``
-    (indices, negative counting from the end). ``compute_dtype``: activation dtype (bf16 on GPUs,
-    fp32 on CPUs); parameters stay fp32.
+    (indices, negative counting from the end). ``tp_group``: the tensor-parallel group (None: no tensor
+    parallelism, whatever the world). ``compute_dtype``: activation dtype (bf16 on GPUs, fp32 on CPUs);
+    parameters stay fp32.
     """
 
     def __init__(self, cfg: GPTConfig, recipe, tp_group=None, sequence_parallel: bool = False,

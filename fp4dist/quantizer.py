@@ -2,14 +2,66 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from fp4dist import backends
 from fp4dist.format import SUPPORTED_DTYPES
 from fp4dist.tensor import NVFP4Tensor
 
 _CAST_OUTPUTS = ("rowwise_data", "rowwise_scale_inv", "columnwise_data", "columnwise_scale_inv")
+BLOCK = 16  #: elements per NVFP4 block; padded dims are rounded up to a multiple of it
+
+
+def padded_size(n: int) -> int:
+    """n rounded up to a multiple of :data:`BLOCK`."""
+    return -(-n // BLOCK) * BLOCK
+
+
+def pad_last_dim(x: torch.Tensor) -> torch.Tensor:
+    """``x`` [..., n] zero-padded to [..., padded_size(n)]; ``x`` itself when n is a multiple of 16.
+
+    Zeros change no block amax and add nothing to a product over that dim, so quantizing and
+    multiplying the padded tensor gives the unpadded result in the first n columns."""
+    n = x.shape[-1]
+    return x if n % BLOCK == 0 else F.pad(x, (0, padded_size(n) - n))
+
+
+@dataclass(frozen=True)
+class RowBlocks:
+    """The rows of a 2-D operand as ``groups`` shards of ``rows`` rows, each zero-padded to ``padded``
+    rows (a multiple of 16 when the transposed layout needs it, else ``rows``): [groups * padded, n].
+
+    ``groups`` is the size of the group a sequence-parallel operand was gathered over (rank-major
+    shards), else 1."""
+
+    groups: int
+    rows: int
+    padded: int
+
+    @classmethod
+    def of(cls, groups: int, rows: int, pad: bool) -> "RowBlocks":
+        return cls(groups, rows, padded_size(rows) if pad else rows)
+
+    def pad_shard(self, x2d: torch.Tensor) -> torch.Tensor:
+        """One shard [rows, n] -> [padded, n]."""
+        return x2d if self.padded == self.rows else F.pad(x2d, (0, 0, 0, self.padded - self.rows))
+
+    def pad(self, t2d: torch.Tensor) -> torch.Tensor:
+        """[groups * rows, n] -> [groups * padded, n], each shard's rows followed by its zero rows."""
+        if self.padded == self.rows:
+            return t2d
+        t = t2d.reshape(self.groups, self.rows, -1)
+        return F.pad(t, (0, 0, 0, self.padded - self.rows)).reshape(self.groups * self.padded, -1)
+
+    def unpad(self, t2d: torch.Tensor) -> torch.Tensor:
+        """[groups * padded, n] -> [groups * rows, n] (the inverse of :meth:`pad`)."""
+        if self.padded == self.rows:
+            return t2d
+        return t2d.reshape(self.groups, self.padded, -1)[:, :self.rows].reshape(self.groups * self.rows, -1)
 
 
 class NVFP4Quantizer:

@@ -1,10 +1,11 @@
 """A check that fails on one rank only raises the same clear error on every rank (fp4dist/parallel/agree.py):
-the Megatron-style layers (wrong input width, flags and recipes that differ, a sequence shard not splittable into
-16-row blocks) and the high-precision sequence-parallel collectives (uneven shards). Every rank catches the error
+the Megatron-style layers (wrong input width, flags and recipes that differ, NVFP4 sequence shards of different
+lengths) and the high-precision sequence-parallel collectives (uneven shards). Every rank catches the error
 and returns its message; a hang fails run_ranks' deadline."""
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from fp4dist.parallel import ColumnParallelLinear, RowParallelLinear, agree, comm
 from fp4dist.recipe import HighPrecisionRecipe, NVFP4Recipe
@@ -22,7 +23,7 @@ def _error_of(fn):
 
 
 def _wrong_width(rank, world):
-    layer = RowParallelLinear(64, 32, recipe=NVFP4Recipe(), input_is_parallel=True)
+    layer = RowParallelLinear(64, 32, recipe=NVFP4Recipe(), input_is_parallel=True, tp_group=dist.group.WORLD)
     width = 64 // world + (16 if rank == world - 1 else 0)
     return _error_of(lambda: layer(torch.randn(32, width)))
 
@@ -38,7 +39,8 @@ def test_wrong_input_width_on_one_rank_raises_on_every_rank(world):
 
 
 def _sp_flag_differs(rank, world):
-    layer = ColumnParallelLinear(32, 64, sequence_parallel=rank == 0, recipe=HighPrecisionRecipe())
+    layer = ColumnParallelLinear(32, 64, sequence_parallel=rank == 0, recipe=HighPrecisionRecipe(),
+                                 tp_group=dist.group.WORLD)
     return _error_of(lambda: layer(torch.randn(8, 2, 32)))
 
 
@@ -49,7 +51,7 @@ def test_sequence_parallel_flag_that_differs_raises_on_every_rank():
 
 def _recipe_differs(rank, world):
     recipe = NVFP4Recipe() if rank == 0 else NVFP4Recipe(stochastic_rounding=False)
-    layer = ColumnParallelLinear(32, 64, sequence_parallel=True, recipe=recipe)
+    layer = ColumnParallelLinear(32, 64, sequence_parallel=True, recipe=recipe, tp_group=dist.group.WORLD)
     return _error_of(lambda: layer(torch.randn(16, 1, 32)))
 
 
@@ -58,26 +60,26 @@ def test_recipe_that_differs_raises_on_every_rank():
         assert msg is not None and "recipe differs between ranks: rank 0: NVFP4Recipe(" in msg
 
 
-def _unsplittable_sequence(rank, world):
-    layer = ColumnParallelLinear(32, 64, sequence_parallel=True, recipe=NVFP4Recipe())
-    seq = 8 if rank == 1 else 16  # rank 1's shard: 8 rows, not a multiple of the 16-row wgrad blocks
+def _uneven_nvfp4_shards(rank, world):
+    layer = ColumnParallelLinear(32, 64, sequence_parallel=True, recipe=NVFP4Recipe(), tp_group=dist.group.WORLD)
+    seq = 8 if rank == 1 else 16  # rank 1's shard differs: the NVFP4 gather needs one shard shape
     return _error_of(lambda: layer(torch.randn(seq, 1, 32)))
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_sequence_shard_not_splittable_on_one_rank_raises_on_every_rank(world):
-    for msg in run_ranks(_unsplittable_sequence, world, timeout=90):
-        assert msg is not None
-        assert "rank 1: ValueError: ColumnParallelLinear: the per-rank sequence shard of shape (8, 1, 32)" in msg
-        assert "16-row blocks" in msg
+def test_uneven_nvfp4_sequence_shards_raise_on_every_rank(world):
+    for msg in run_ranks(_uneven_nvfp4_shards, world, timeout=90):
+        assert msg is not None and "input shape differs between ranks" in msg
+        assert "rank 1: (8, 1, 32)" in msg
 
 
 def _uneven_hp_shards(rank, world):
-    layer = ColumnParallelLinear(32, 64, sequence_parallel=True, recipe=HighPrecisionRecipe())
+    world_group = dist.group.WORLD
+    layer = ColumnParallelLinear(32, 64, sequence_parallel=True, recipe=HighPrecisionRecipe(), tp_group=world_group)
     seq = 5 if rank == world - 1 else 4
     layer_msg = _error_of(lambda: layer(torch.randn(seq, 2, 32)))
-    gather_msg = _error_of(lambda: comm.gather_seq_from_sp(torch.randn(seq, 3), None))
-    scatter_msg = _error_of(lambda: comm.reduce_scatter_seq_to_sp(torch.randn(2 * world + (rank == 0), 3), None))
+    gather_msg = _error_of(lambda: comm.gather_seq_from_sp(torch.randn(seq, 3), world_group))
+    scatter_msg = _error_of(lambda: comm.reduce_scatter_seq_to_sp(torch.randn(2 * world + (rank == 0), 3), world_group))
     return layer_msg, gather_msg, scatter_msg
 
 
@@ -103,7 +105,8 @@ def _steady_state(rank, world):
         return real(*args, **kwargs)
 
     agree.dist.all_gather_object = counting
-    layer = ColumnParallelLinear(32, 64, sequence_parallel=True, recipe=HighPrecisionRecipe())
+    layer = ColumnParallelLinear(32, 64, sequence_parallel=True, recipe=HighPrecisionRecipe(),
+                                 tp_group=dist.group.WORLD)
     x = torch.randn(4, 2, 32, requires_grad=True)
     for _ in range(3):
         layer(x).sum().backward()

@@ -110,8 +110,9 @@ def _tp2_body(rank, world, seed):
 
     torch.manual_seed(seed)
     recipe = NVFP4Recipe(stochastic_rounding=False)  # RN everywhere: the shards' bits are the full tensor's
-    col = ColumnParallelLinear(64, 128, sequence_parallel=True, recipe=recipe, init_seed=seed)
-    row = RowParallelLinear(128, 64, sequence_parallel=True, recipe=recipe, init_seed=seed + 1)
+    world_group = torch.distributed.group.WORLD  # tp_group=None would mean no tensor parallelism
+    col = ColumnParallelLinear(64, 128, sequence_parallel=True, recipe=recipe, tp_group=world_group, init_seed=seed)
+    row = RowParallelLinear(128, 64, sequence_parallel=True, recipe=recipe, tp_group=world_group, init_seed=seed + 1)
     model = torch.nn.Sequential(col, row)
     g = torch.Generator().manual_seed(seed)
     x_full = random_tensor((32, 2, 64), g)

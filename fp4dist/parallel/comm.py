@@ -27,8 +27,10 @@ from fp4dist.parallel import agree
 
 
 def group_size(group) -> int:
-    """The group's size; 1 when torch.distributed is not initialized (a single process, no TP)."""
-    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+    """The group's size; 1 for ``None`` (no tensor parallelism) or when torch.distributed is not initialized."""
+    if group is None or not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
 
 
 _AGREEMENTS: dict[tuple, agree.AgreementCache] = {}
