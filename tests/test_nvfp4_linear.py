@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conftest import random_tensor
 from fp4dist import NVFP4Quantizer, NVFP4Recipe, nvfp4_gemm
 from fp4dist import format as fmt
+from fp4dist.backends import reference
 from fp4dist.model import GPT, GPTConfig
 from fp4dist.parallel import ColumnParallelLinear, set_rng_step
 
@@ -137,7 +138,13 @@ def test_gemm_alpha_overflow_keeps_zero_rows_zero(gen):
     c = nvfp4_gemm(qa, qb, out_dtype=torch.float32)
     assert not torch.isnan(c).any()
     assert torch.equal(c[:16], torch.zeros(16, 16))
-    expected = qa.dequantize(torch.float32).double() @ qb.dequantize(torch.float32).double().t()
+    # the product of the two NVFP4 tensors: the e2m1 * e4m3 decodes (<= 6 significant bits) multiply and sum
+    # exactly in fp64, then S_dec(a) S_dec(b) (dequantize(fp32) would round code * scale * S_dec, and turn exact
+    # cancellations into large noise)
+    def decoded(q):
+        return reference.dequantize(q.rowwise_data, q.rowwise_scale_inv, None, torch.float32).double()
+    scale = fmt.global_decode_scale(qa.amax_rowwise).double() * fmt.global_decode_scale(qb.amax_rowwise).double()
+    expected = (decoded(qa) @ decoded(qb).t()) * scale
     big, small = expected.abs() > 3.5e38, expected.abs() < 1e36  # (partial sums may overflow in between)
     assert torch.isinf(c[big]).all()  # (its sign is that of the first partial sum to overflow)
     assert torch.allclose(c[small].double(), expected[small], rtol=1e-5, atol=0)
