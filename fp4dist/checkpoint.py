@@ -348,12 +348,10 @@ def _no_usable_checkpoint(root: Path, skipped: list) -> CheckpointError:
         f"another output_dir, or pass overwrite=true to delete them and start afresh.")
 
 
-def find_resumable(directory: str | Path, world: int | None = None, run_id: str | None = None,
-                   expect: dict | None = None) -> int | None:
+def find_resumable(directory: str | Path, run_id: str | None = None, expect: dict | None = None) -> int | None:
     """The step :func:`load_latest` would take, from the manifests and checksums alone (one process
     checks every file; nothing is loaded): a check before the job starts. A checkpoint of any layout
-    qualifies (``world`` is accepted and not needed: DCP reshards). None where there is no complete
-    checkpoint; CheckpointError as load_latest."""
+    qualifies (DCP reshards). None where there is no complete checkpoint; CheckpointError as load_latest."""
     root, skipped = Path(directory), []
     for step in reversed(complete_steps(root)):
         manifest, problem, diffs = _manifest_problems(step_dir(root, step), step, run_id, expect)

@@ -54,7 +54,7 @@ def preflight(nproc: int, overrides: list[str]) -> tuple[int, str]:
                 lines = "\n".join(f"  {k:12} {v}" for k, v in rundir.outputs(cfg).items())
                 return COMPLETE, f"{plan.note}; its outputs:\n{lines}"
             if plan.action == "resume":
-                checkpoint.find_resumable(cfg.checkpoint.dir, nproc, plan.run_id)
+                checkpoint.find_resumable(cfg.checkpoint.dir, plan.run_id)
     except (checks.ConfigError, checkpoint.CheckpointError) as e:
         return FAILED, str(e)
     return READY, ""

@@ -189,5 +189,5 @@ def test_ranks_agree_on_the_previous_step_when_one_rank_file_is_damaged(tmp_path
     # written by 2 ranks, read by 1: the other world size loads (both ranks' entries), and changes nothing
     into = {"w0": torch.empty(8, 8), "w1": torch.empty(8, 8), "train": {"step": -1}}
     assert checkpoint.load_latest(tmp_path, into, run_id="r").step == 1 and into["train"]["step"] == 1
-    assert checkpoint.find_resumable(tmp_path, 1, run_id="r") == 1
+    assert checkpoint.find_resumable(tmp_path, run_id="r") == 1
     assert snapshot(tmp_path) == before
