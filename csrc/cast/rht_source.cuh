@@ -13,6 +13,24 @@
 
 namespace fp4dist_cuda {
 
+// The transform of both columns in fp32 (prescaled where a column's max|input| needs it), unrounded: a, b; in_a,
+// in_b = max|input| of each column (fp32 magnitude bits).
+template <typename T>
+FP4_HD void rht_column_fp32(const typename Tr<T>::P (&inputs)[16], float (&a)[16], float (&b)[16], uint32_t& in_a,
+                            uint32_t& in_b) {
+  using TT = Tr<T>;
+  const typename TT::Acc in = acc_of<TT>(inputs);
+  in_a = TT::first_bits(in);
+  in_b = TT::second_bits(in);
+#pragma unroll
+  for (int k = 0; k < 16; ++k) {
+    a[k] = TT::first(inputs[k]);
+    b[k] = TT::second(inputs[k]);
+  }
+  rht16(a, in_a >= kRhtPrescaleBits);
+  rht16(b, in_b >= kRhtPrescaleBits);
+}
+
 // The spec's path. In: raw = the inputs. Out: raw = the transform rounded to T; in_a, in_b = max|input| of each
 // column and bits_a, bits_b the block maxima of raw (fp32 magnitude bits, NaN winning). Returns whether the task
 // takes the overflow path (a value of raw is not finite); raw is its source otherwise.
@@ -20,17 +38,8 @@ template <typename T>
 FP4_HD bool rht_column_rounded(typename Tr<T>::P (&raw)[16], uint32_t& in_a, uint32_t& in_b, uint32_t& bits_a,
                                uint32_t& bits_b) {
   using TT = Tr<T>;
-  const typename TT::Acc in = acc_of<TT>(raw);
-  in_a = TT::first_bits(in);
-  in_b = TT::second_bits(in);
   float a[16], b[16];
-#pragma unroll
-  for (int k = 0; k < 16; ++k) {
-    a[k] = TT::first(raw[k]);
-    b[k] = TT::second(raw[k]);
-  }
-  rht16(a, in_a >= kRhtPrescaleBits);
-  rht16(b, in_b >= kRhtPrescaleBits);
+  rht_column_fp32<T>(raw, a, b, in_a, in_b);
 #pragma unroll
   for (int k = 0; k < 16; ++k) raw[k] = TT::round_pair(a[k], b[k]);
   const typename TT::Acc out = acc_of<TT>(raw);
@@ -46,16 +55,7 @@ template <typename T>
 FP4_HD void rht_column_wide(const typename Tr<T>::P (&inputs)[16], float (&a)[16], float (&b)[16], uint32_t& in_a,
                             uint32_t& in_b, uint32_t& bits_a, uint32_t& bits_b) {
   using TT = Tr<T>;
-  const typename TT::Acc in = acc_of<TT>(inputs);
-  in_a = TT::first_bits(in);
-  in_b = TT::second_bits(in);
-#pragma unroll
-  for (int k = 0; k < 16; ++k) {
-    a[k] = TT::first(inputs[k]);
-    b[k] = TT::second(inputs[k]);
-  }
-  rht16(a, in_a >= kRhtPrescaleBits);
-  rht16(b, in_b >= kRhtPrescaleBits);
+  rht_column_fp32<T>(inputs, a, b, in_a, in_b);
   const bool finite_a = in_a < kInfBits, finite_b = in_b < kInfBits;
 #pragma unroll
   for (int k = 0; k < 16; ++k) {
