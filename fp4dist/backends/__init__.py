@@ -75,14 +75,12 @@ def _select(name: str, device_type: str) -> Backend:
         return reference
     if device_type != "cuda":
         raise ValueError(f"backend='cuda' needs a CUDA tensor, got one on {device_type}")
-    if _cuda_kernels:  # resolved once: every quantize asks
-        return _cuda_kernels[0]
-    kernels = cuda_backend()
-    if kernels is not None:
+    if not _cuda_kernels:  # resolved once: every quantize asks
+        kernels = cuda_backend()
+        if kernels is None:
+            if name == "cuda":
+                raise RuntimeError("backend='cuda' was asked for but the fp4dist CUDA kernels are unavailable "
+                                   "(see the fp4dist log line for why)")
+            return reference
         _cuda_kernels.append(kernels)
-    if kernels is None:
-        if name == "cuda":
-            raise RuntimeError("backend='cuda' was asked for but the fp4dist CUDA kernels are unavailable "
-                               "(see the fp4dist log line for why)")
-        return reference
-    return kernels
+    return _cuda_kernels[0]

@@ -198,7 +198,7 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
         cd = _out_or_new(o[2], (n, m // 2), torch.uint8, dev, "columnwise_data")
         cs = _out_or_new(o[3], (n, m // 16), torch.float8_e4m3fn, dev, "columnwise_scale_inv")
     if x2d.numel():
-        empty = _empty_bytes(dev)
+        empty = _empty(dev, torch.uint8)
         args = (_aligned(x2d), amax,
                 rd if rd is not None else empty, rs.view(torch.uint8) if rs is not None else empty,
                 cd if cd is not None else empty, cs.view(torch.uint8) if cs is not None else empty,
@@ -263,10 +263,6 @@ def _empty(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     if t is None:
         t = _EMPTY[(device, dtype)] = torch.empty(0, dtype=dtype, device=device)
     return t
-
-
-def _empty_bytes(device: torch.device) -> torch.Tensor:
-    return _empty(device, torch.uint8)
 
 
 def _scalar_or_empty(t: torch.Tensor | None, device: torch.device, what: str) -> torch.Tensor:
