@@ -155,9 +155,10 @@ def eager_costs(fn, device: torch.device, calls: int = 4) -> dict[str, float]:
     return out
 
 
-def capture(fn, device: torch.device):
-    """(graph.replay, costs of the captured call): fn (already warm: its signature validated) captured in a CUDA
-    graph; its collectives and host reads counted while capturing, its kernels per replay."""
+def capture(fn, device: torch.device, count_kernels: bool = True):
+    """(graph, costs of the captured call): fn (already warm: its signature validated) captured in a CUDA graph;
+    its collectives and host reads counted while capturing, its kernels per replay (with ``count_kernels``: a
+    profiler session)."""
     graph = torch.cuda.CUDAGraph()
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -170,8 +171,54 @@ def capture(fn, device: torch.device):
             fn()
     torch.cuda.synchronize(device)
     out = dict(c.counts)
-    out["kernels"] = _kernels(graph.replay, device, 4)
+    if count_kernels:
+        out["kernels"] = _kernels(graph.replay, device, 4)
     return graph, out
+
+
+def variants(mb: int, world: int, rank: int, group, device: torch.device) -> tuple[dict, int]:
+    """{label: (gather fn, wire bytes per logical element)} for a full bf16 tensor of about ``mb`` MB, and its
+    token count."""
+    tokens = max(16 * world, (mb * 2**20 // (2 * HIDDEN)) // (16 * world) * (16 * world))
+    shard = torch.randn(tokens // world, HIDDEN, device=device).to(torch.bfloat16)
+    full = torch.empty(tokens, HIDDEN, dtype=torch.bfloat16, device=device)
+    out = {"bf16": (lambda: all_gather_single(full, shard, group=group), 2.0)}
+    for name, q in (("rowwise", NVFP4Quantizer(columnwise=False, amax_group=group)),
+                    ("both", NVFP4Quantizer(rht=True, amax_group=group))):
+        for label, t in ((name, quantize_for_gather(q, shard, group)),
+                         (f"{name} copy-in", q.quantize(shard, row_offset=rank * shard.shape[0]))):
+            wire = sum(c.numel() * c.element_size() for k, c in t.component_tensors().items() if "amax" not in k)
+            out[label] = ((lambda t=t: all_gather_nvfp4(t, group)), wire / shard.numel())
+    return out, tokens
+
+
+def measure_size(mb, world, rank, group, device, modes, iters, counting: bool) -> list[dict]:
+    """One row per (variant, mode) at ``mb``: the times (``counting`` False) or the per-gather costs (True)."""
+    fns, tokens = variants(mb, world, rank, group, device)
+    rows = []
+    for label, (fn, bytes_per_elem) in fns.items():
+        for mode in modes:
+            row = {"size_mb": tokens * HIDDEN * 2 / 2**20, "variant": label, "mode": mode, "bytes": bytes_per_elem}
+            if mode == "eager":
+                if counting:
+                    row.update(eager_costs(fn, device))
+                else:
+                    row["seconds"], row["host"] = timed(fn, device, iters)
+            else:
+                fn()  # warm (validates a signature first seen here)
+                graph, cost = capture(fn, device, count_kernels=counting)
+                if counting:
+                    row.update(cost)
+                else:
+                    row["seconds"], row["host"] = timed(graph.replay, device, iters)
+                del graph
+            rows.append(row)
+    check_gathers(group)  # every gather's shards agreed (raises on every rank otherwise)
+    del fns
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    return rows
 
 
 def worker(rank, world, store, device_kind, sizes_mb, iters, graphs, results):
@@ -185,36 +232,15 @@ def worker(rank, world, store, device_kind, sizes_mb, iters, graphs, results):
     group = dist.group.WORLD
     modes = ("eager", "graph") if use_nccl and graphs else ("eager",)
     rows = []
-    for mb in sizes_mb:
-        tokens = max(16 * world, (mb * 2**20 // (2 * HIDDEN)) // (16 * world) * (16 * world))
-        shard = torch.randn(tokens // world, HIDDEN, device=device).to(torch.bfloat16)
-        full = torch.empty(tokens, HIDDEN, dtype=torch.bfloat16, device=device)
-        variants = {"bf16": (lambda: all_gather_single(full, shard, group=group), 2.0)}
-        for name, q in (("rowwise", NVFP4Quantizer(columnwise=False, amax_group=group)),
-                        ("both", NVFP4Quantizer(rht=True, amax_group=group))):
-            for label, t in ((name, quantize_for_gather(q, shard, group)),
-                             (f"{name} copy-in", q.quantize(shard, row_offset=rank * shard.shape[0]))):
-                wire = sum(c.numel() * c.element_size() for k, c in t.component_tensors().items() if "amax" not in k)
-                variants[label] = ((lambda t=t: all_gather_nvfp4(t, group)), wire / shard.numel())
-        for label, (fn, bytes_per_elem) in variants.items():
-            for mode in modes:
-                if mode == "eager":
-                    run, cost = fn, None
-                else:
-                    fn()  # warm (validates a signature first seen here)
-                    graph, cost = capture(fn, device)
-                    run = graph.replay
-                seconds, host = timed(run, device, iters)
-                cost = cost or eager_costs(fn, device)
-                rows.append({"size_mb": tokens * HIDDEN * 2 / 2**20, "variant": label, "mode": mode,
-                             "bytes": bytes_per_elem, "seconds": seconds, "host": host, **cost})
-                if mode == "graph":
-                    del graph
-        check_gathers(group)  # every gather's shards agreed (raises on every rank otherwise)
-        del shard, full, variants
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
+    # Every timing comes before any torch.profiler session: once the profiler has run, CUPTI stays attached to
+    # the process and every later kernel launch pays for it on the host.
+    for counting in (False, True):
+        for mb in sizes_mb:
+            rows += measure_size(mb, world, rank, group, device, modes, iters, counting)
+    merged = {}
+    for r in rows:
+        merged.setdefault((r["size_mb"], r["variant"], r["mode"]), {}).update(r)
+    rows = list(merged.values())
     if rank == 0:
         results.put(rows)
     dist.destroy_process_group()

@@ -11,12 +11,17 @@ bf16 activations on a GPU (fp32 on a CPU). Per (model, recipe, mode) it reports:
 count (torch.profiler; memsets count as kernels), the host syncs of one eager step
 (torch.cuda.set_sync_debug_mode), and peak memory. Separately it counts the kernels of one NVFP4 linear,
 forward + backward, at the model's MLP shape.
+
+Each measurement runs in a process of its own, and in it every timing comes before the profiler: once
+torch.profiler has run, CUPTI stays attached to the process and every later kernel launch costs more
+host time, which would inflate the eager steps that follow (most of all NVFP4's, with ~5x the launches).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import statistics
 import time
 import warnings
@@ -163,6 +168,28 @@ def linear_kernels(d: int, tokens: int, device) -> int:
     return profile(run, device, names)[0], names
 
 
+def _child(queue, fn, args):
+    try:
+        queue.put((True, fn(*args)))
+    except Exception as e:  # noqa: BLE001 - sent to the parent, which raises it
+        queue.put((False, f"{type(e).__name__}: {e}"))
+
+
+def isolated(fn, *args):
+    """fn(*args) in a fresh process (spawned: its own CUDA context, no profiler state from earlier runs)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, args))
+    proc.start()
+    try:
+        ok, value = queue.get()
+    finally:
+        proc.join()
+    if not ok:
+        raise RuntimeError(value)
+    return value
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["25.7M", "102M", "406M", "816M"], choices=list(MODELS))
@@ -184,13 +211,13 @@ def main():
     rows = []
     for name, dims in models.items():
         if device.type == "cuda" and "nvfp4" in args.recipes:
-            per_linear, names = linear_kernels(dims[0], dims[3] * dims[4], device)
+            per_linear, names = isolated(linear_kernels, dims[0], dims[3] * dims[4], device)
             print(f"{name}: kernels per NVFP4 linear (fwd+bwd, {dims[0]} -> {4 * dims[0]}): {per_linear}: "
                   + "; ".join(n[:40] for n in names), flush=True)
         for recipe in args.recipes:
             for mode in args.modes:
                 try:
-                    r = bench(name, dims, recipe, mode, device, args.iters)
+                    r = isolated(bench, name, dims, recipe, mode, device, args.iters)
                 except Exception as e:  # noqa: BLE001 - report the failure in the table and go on
                     r = dict(model=name, recipe=recipe, mode=mode, error=f"{type(e).__name__}: {str(e)[:200]}")
                 rows.append(r)

@@ -15,7 +15,7 @@ Steady state: everything that depends only on the signature (the views' sizes, s
 the reorder's arguments, the result's metadata, the backend, the device check) is a :class:`GatherPlan`
 built once per signature per group. A gather of a shard that holds its buffer then costs: one dict
 look-up, one allocation (the gathered bytes, which the result views), the collective, the device check
-(one CUDA launch; torch ops on the CPU), the views and, with the columnwise layout and world > 1, the
+(one CUDA launch; torch ops on the CPU; none at world 1, where there is nothing to compare), the views and, with the columnwise layout and world > 1, the
 reorder launch. That path makes no host read, so a CUDA graph can capture it once the signature has
 been gathered eagerly.
 
@@ -126,7 +126,7 @@ class GatherPlan:
         else:
             if self.always and not compiling:
                 check_trailers_now(self.where.trailers(gathered))
-            else:
+            elif self.world > 1:  # one rank's trailer always equals rank 0's
                 self.check.update(gathered, self.where, self.kernels)
             c = self.where.components(gathered, self.swap)
             rd, rs, cd, cs = (c.get(k) for k in ("rowwise_data", "rowwise_scale_inv", "columnwise_data",
