@@ -15,7 +15,10 @@ Sizes are of the full (gathered) bf16 tensor [tokens, 4096] (default 16 MB .. 1 
 Each variant runs in two modes. ``eager``: the call itself, timed from a CUDA event recorded before the call
 to one after it on an idle GPU (so the time is the longer of the host's issue time and the GPU's work), after
 a barrier; wall clock on CPUs. ``graph`` (NCCL only): the same call captured once in a CUDA graph (after the
-eager warm-ups that validate the signature) and timed as ``graph.replay()``: the GPU's work alone. Per row:
+eager warm-ups that validate the signature) and timed as ``graph.replay()``: the GPU's work alone, including
+the graph's own launch (~15 us on an H200, which dominates at small sizes). ``graph x16`` (NCCL only): 16
+gathers one after another in one graph, the replay's time / 16: the cost of a gather among other work in a
+captured step, as nccl-tests times collectives back to back. Per row:
 bytes on the wire per logical element, the median ms over ``--iters`` runs, the speed-up over bf16 in the same
 mode, the median host time of the call (us, wall clock of issuing it), and per gather the collectives and host
 reads (Tensor.tolist / item / ...; on a GPU also the syncs that ``torch.cuda.set_sync_debug_mode`` reports) of
@@ -46,6 +49,8 @@ from fp4dist.collectives import all_gather_single
 from fp4dist.distributed import all_gather_nvfp4, check_gathers, quantize_for_gather
 
 HIDDEN = 4096
+GRAPH_REPEAT = 16
+MODES = ("eager", "graph", f"graph x{GRAPH_REPEAT}")
 _COLLECTIVES = ("all_gather_single", "all_gather_into_tensor", "all_reduce", "broadcast", "all_gather", "barrier")
 _HOST_READS = ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__")
 
@@ -155,7 +160,7 @@ def eager_costs(fn, device: torch.device, calls: int = 4) -> dict[str, float]:
     return out
 
 
-def capture(fn, device: torch.device, count_kernels: bool = True):
+def capture(fn, device: torch.device, count_kernels: bool = True, repeat: int = 1):
     """(graph, costs of the captured call): fn (already warm: its signature validated) captured in a CUDA graph;
     its collectives and host reads counted while capturing, its kernels per replay (with ``count_kernels``: a
     profiler session)."""
@@ -168,11 +173,12 @@ def capture(fn, device: torch.device, count_kernels: bool = True):
     torch.cuda.synchronize(device)
     with _Calls(device) as c:
         with torch.cuda.graph(graph):
-            fn()
+            for _ in range(repeat):
+                fn()
     torch.cuda.synchronize(device)
-    out = dict(c.counts)
+    out = {k: v / repeat for k, v in c.counts.items()}
     if count_kernels:
-        out["kernels"] = _kernels(graph.replay, device, 4)
+        out["kernels"] = _kernels(graph.replay, device, 4) / repeat
     return graph, out
 
 
@@ -205,12 +211,14 @@ def measure_size(mb, world, rank, group, device, modes, iters, counting: bool) -
                 else:
                     row["seconds"], row["host"] = timed(fn, device, iters)
             else:
+                repeat = GRAPH_REPEAT if mode == f"graph x{GRAPH_REPEAT}" else 1
                 fn()  # warm (validates a signature first seen here)
-                graph, cost = capture(fn, device, count_kernels=counting)
+                graph, cost = capture(fn, device, count_kernels=counting, repeat=repeat)
                 if counting:
                     row.update(cost)
                 else:
-                    row["seconds"], row["host"] = timed(graph.replay, device, iters)
+                    seconds, host = timed(graph.replay, device, iters)
+                    row["seconds"], row["host"] = seconds / repeat, host / repeat
                 del graph
             rows.append(row)
     check_gathers(group)  # every gather's shards agreed (raises on every rank otherwise)
@@ -230,7 +238,7 @@ def worker(rank, world, store, device_kind, sizes_mb, iters, graphs, results):
                             world_size=world, timeout=datetime.timedelta(minutes=5),
                             **({"device_id": device} if use_nccl else {}))
     group = dist.group.WORLD
-    modes = ("eager", "graph") if use_nccl and graphs else ("eager",)
+    modes = MODES if use_nccl and graphs else ("eager",)
     rows = []
     # Every timing comes before any torch.profiler session: once the profiler has run, CUPTI stays attached to
     # the process and every later kernel launch pays for it on the host.
@@ -250,7 +258,7 @@ def tables(rows, args, backend: str) -> str:
     """A summary (bf16 / rowwise / both, speed-ups, per mode) and the table of every row."""
     base = {(r["size_mb"], r["mode"]): r["seconds"] for r in rows if r["variant"] == "bf16"}
     by = {(r["size_mb"], r["mode"], r["variant"]): r for r in rows}
-    modes = sorted({r["mode"] for r in rows}, key=("eager", "graph").index)
+    modes = sorted({r["mode"] for r in rows}, key=MODES.index)
     sizes = sorted({r["size_mb"] for r in rows})
 
     def per_gather(r):
