@@ -131,7 +131,11 @@ class NVFP4Quantizer:
         columnwise = self.columnwise if columnwise is None else columnwise
         self.check_input(x, rowwise, columnwise)
         x2d = x.detach().reshape(-1, x.shape[-1]).contiguous()
-        amax = backends.select(self.backend, x.device).compute_amax(x2d, rht=self.rht and columnwise)
+        return self._amax_2d(x2d, backends.select(self.backend, x.device), columnwise)
+
+    def _amax_2d(self, x2d: torch.Tensor, backend, columnwise: bool) -> torch.Tensor:
+        """compute_amax of the checked, contiguous 2-D view ``x2d`` on ``backend``."""
+        amax = backend.compute_amax(x2d, rht=self.rht and columnwise)
         if self.amax_group is not None:
             dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=self.amax_group)
         return amax
@@ -158,16 +162,16 @@ class NVFP4Quantizer:
         columnwise = self.columnwise if columnwise is None else columnwise
         if not (rowwise or columnwise):
             raise ValueError("quantize needs rowwise=True or columnwise=True (or both)")
+        self.check_input(x, rowwise, columnwise)
+        x2d = x.detach().reshape(-1, x.shape[-1]).contiguous()
+        backend = backends.select(self.backend, x.device)
         if amax is None:
-            amax = self.compute_amax(x, rowwise=rowwise, columnwise=columnwise)
+            amax = self._amax_2d(x2d, backend, columnwise)
         else:
-            self.check_input(x, rowwise, columnwise)
             if not isinstance(amax, torch.Tensor) or amax.numel() != 2 or amax.device != x.device:
                 raise ValueError("amax must be the fp32 [2] tensor of compute_amax (rowwise, columnwise amax) on "
                                  f"the input's device {x.device}, got {amax!r}")
             amax = amax.detach().float().reshape(2)
-        x2d = x.detach().reshape(-1, x.shape[-1]).contiguous()
-        backend = backends.select(self.backend, x.device)
         out = out or {}
         if set(out) - set(_CAST_OUTPUTS) - {"amax_rowwise", "amax_columnwise"}:
             raise ValueError(f"out takes NVFP4Tensor component names, got {sorted(out)}")
