@@ -7,7 +7,8 @@ Nothing here synchronizes with the host: amax, S_enc/S_dec and the decode scale 
 Otherwise the first call builds the one extension (every .cu / .cpp under csrc/, linked with cuBLAS) with
 ``torch.utils.cpp_extension.load`` (ninja) into ``$FP4DIST_BUILD_DIR`` (default
 ``~/.cache/fp4dist/build-<torch version>-<source hash>``, the hash over every file under csrc/ and the flags)
-for sm_90; if that fails it logs one warning line on the ``fp4dist`` logger and returns False.
+for sm_90; if that fails, or the GPU is not a Hopper (sm_9x) one, it logs one warning line on the ``fp4dist``
+logger and returns False, and "auto" backends use the reference backend on the GPU.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ def _build() -> ModuleType:
                 extra_cuda_cflags=_CUDA_FLAGS, extra_ldflags=_LD_FLAGS, build_directory=build_dir, verbose=False)
 
 
+#: the compute capabilities whose machine code the build emits (``_CUDA_FLAGS``): 9.x (Hopper)
+_BUILT_FOR_MAJOR = 9
+
+
+def unsupported_device() -> str | None:
+    """Why the current GPU cannot run kernels built for sm_90 (machine code runs only on its own major
+    architecture, and the build embeds no PTX), or None when it can."""
+    major, minor = torch.cuda.get_device_capability()
+    if major == _BUILT_FOR_MAJOR:
+        return None
+    return (f"they are built for sm_90 (Hopper) only and this GPU, {torch.cuda.get_device_name()}, is "
+            f"sm_{major}{minor}")
+
+
 def available() -> bool:
     """True when the kernels can run here (builds them once per process on the first call)."""
     global _ext, _build_failed
@@ -74,6 +89,12 @@ def available() -> bool:
     if _ext is not None:
         return True
     if _build_failed:
+        return False
+    problem = unsupported_device()
+    if problem:
+        _build_failed = True
+        log.warning("fp4dist CUDA kernels unavailable (%s); using the reference backend (the same bits, slower)",
+                    problem)
         return False
     with _lock:
         if _ext is None and not _build_failed:
