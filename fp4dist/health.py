@@ -15,14 +15,17 @@ rel_err    ||x - dequant(quant(x))||_2 / ||x||_2, in fp32 (0 where x is all zero
 
 Operands of a layer Y = X W^T: ``X`` (the layer input), ``W`` (its weight shard) and ``dY`` (the
 gradient of its output). :class:`HealthMonitor` captures them with module hooks (a forward
-pre-hook for X and W, a full backward hook for dY) on the NVFP4 layers, only inside
+pre-hook for X and W, a full backward hook for dY) on the NVFP4 layers (the Megatron-style layers and
+``NVFP4Linear``, e.g. from ``convert_to_nvfp4``), only inside
 :meth:`HealthMonitor.capture`, so that the other steps run without hooks. Tensor-parallel ranks
 each measure their piece and :meth:`HealthMonitor.collect` sums the counts over the TP group, so
 the numbers describe the whole operand; a sequence-sharded X (column-parallel layer) and dY
 (row-parallel layer under sequence parallelism) are quantized with the group's amax, as the
 layers quantize them. The stats are of the rowwise layout (the fprop and dgrad operand); the
 RHT'd columnwise copies that wgrad reads are not measured, and stochastic rounding of dY draws
-its own numbers (the statistics, not the bits, match the training step's).
+its own numbers (the statistics, not the bits, match the training step's). Operands whose dims are not
+multiples of 16 are measured zero-padded, as the layer quantizes them (the padding's all-zero blocks count
+as blocks). An ``NVFP4Linear`` sharded by the DTensor TP styles is refused (:class:`HealthMonitor`).
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ import torch.distributed as dist
 from torch import nn
 
 from fp4dist.format import BLOCK_SIZE, E4M3_MAX
+from fp4dist.nn import NVFP4Linear
 from fp4dist.parallel.linear import RowParallelLinear, _ParallelLinear
-from fp4dist.quantizer import NVFP4Quantizer
+from fp4dist.quantizer import NVFP4Quantizer, RowBlocks, pad_last_dim
 from fp4dist.tensor import NVFP4Tensor
 
 OPERANDS = ("X", "W", "dY")
@@ -90,6 +94,13 @@ def rowwise_only(q: NVFP4Quantizer) -> NVFP4Quantizer:
     return q
 
 
+def padded_operand(x: torch.Tensor, q: NVFP4Quantizer) -> torch.Tensor:
+    """``x`` as [m, n] zero-padded as a layer pads it before quantizing: n to a multiple of 16, and m too for
+    16x16 tiles (``q.block_2d``); ``x`` itself when aligned."""
+    x2d = pad_last_dim(x.detach().reshape(-1, x.shape[-1]))
+    return RowBlocks.of(1, x2d.shape[0], pad=True).pad_shard(x2d) if q.block_2d else x2d
+
+
 def quantize_rowwise(x: torch.Tensor, q: NVFP4Quantizer, amax_group=None) -> NVFP4Tensor:
     """``x`` quantized rowwise by ``q``, with the amax MAX-reduced over ``amax_group`` when given."""
     q = rowwise_only(q)
@@ -104,16 +115,32 @@ def operand_stats(x: torch.Tensor, q: NVFP4Quantizer) -> dict[str, float]:
     return stats_from_counts(operand_counts(x, quantize_rowwise(x, q)).tolist())
 
 
-def _sharded_group(module: _ParallelLinear, operand: str):
+def _sharded_group(module, operand: str):
     """The TP group whose max is the amax of a sequence-sharded operand of ``module``, else None."""
-    if module.tp_size == 1 or not module.sequence_parallel:
+    if not isinstance(module, _ParallelLinear) or module.tp_size == 1 or not module.sequence_parallel:
         return None
     row = isinstance(module, RowParallelLinear)
     return module.tp_group if (operand == "X" and not row) or (operand == "dY" and row) else None
 
 
+def _is_measured(module: nn.Module) -> bool:
+    """An NVFP4-quantized Megatron-style layer or NVFP4Linear; raises for an NVFP4Linear of the TP styles."""
+    if isinstance(module, NVFP4Linear) and module.quantized and module.tp_forward is not None:
+        raise NotImplementedError(
+            "HealthMonitor measures the Megatron-style layers (any TP) and NVFP4Linear without tensor "
+            "parallelism; this model has an NVFP4Linear sharded by the NVFP4 TP styles, whose operands are "
+            "DTensors it does not measure")
+    return isinstance(module, (_ParallelLinear, NVFP4Linear)) and module.quantized
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor; a DTensor (e.g. a weight still sharded by FSDP2) gathered whole (every rank calls it)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 class HealthMonitor:
-    """NVFP4 health stats of every NVFP4 layer (``_ParallelLinear`` with ``.quantized``) of ``model``.
+    """NVFP4 health stats of every NVFP4 layer of ``model``: Megatron-style (``_ParallelLinear``) or
+    ``NVFP4Linear`` with an NVFP4 recipe.
 
     Use on every rank of the TP group, on the same steps::
 
@@ -124,12 +151,13 @@ class HealthMonitor:
     """
 
     def __init__(self, model: nn.Module, tp_group=None):
-        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, _ParallelLinear) and m.quantized}
+        self.layers = {name: m for name, m in model.named_modules() if _is_measured(m)}
         self.tp_group = tp_group
         self._counts: dict[tuple[str, str], torch.Tensor] = {}
 
     @torch.no_grad()
-    def _record(self, name: str, operand: str, x: torch.Tensor, q: NVFP4Quantizer, module: _ParallelLinear) -> None:
+    def _record(self, name: str, operand: str, x: torch.Tensor, q: NVFP4Quantizer, module) -> None:
+        x = padded_operand(_full(x), q)
         t = quantize_rowwise(x, q, _sharded_group(module, operand))
         self._counts[(name, operand)] = operand_counts(x, t)
 

@@ -133,3 +133,51 @@ def test_tensor_parallel_stats_describe_the_whole_operand(gen):
     for got_x, want_x, got_dy, want_dy in results:
         assert got_x == results[0][0]  # every rank reports the same numbers
         assert got_x == pytest.approx(want_x, rel=1e-12) and got_dy == pytest.approx(want_dy, rel=1e-12)
+
+
+def test_monitor_measures_a_converted_model_of_any_shape(gen):
+    """convert_to_nvfp4's NVFP4Linears are measured like the Megatron-style layers, unaligned dims included (zero
+    padded as the layer pads them: the amax, zeroed fraction and rel_err are those of the unpadded operand)."""
+    from fp4dist import convert_to_nvfp4
+
+    recipe = NVFP4Recipe(seed=3)
+    model = convert_to_nvfp4(torch.nn.Sequential(torch.nn.Linear(48, 40), torch.nn.GELU(), torch.nn.Linear(40, 16)),
+                             recipe)
+    monitor = HealthMonitor(model)
+    assert list(monitor.layers) == ["0", "2"]
+    x = random_tensor((3, 7, 48), gen).requires_grad_()
+    seen = {}
+    handle = model[2].register_forward_pre_hook(lambda m, args: seen.update(x=args[0].detach()))
+    set_rng_step(model, 1)
+    with monitor.capture():
+        model(x).square().sum().backward()
+    handle.remove()
+    stats = monitor.collect()
+    assert all(set(s) == {"X", "W", "dY"} and all(math.isfinite(v) for o in s.values() for v in o.values())
+               for s in stats.values()), stats
+
+    def unpadded_stats(t, q):
+        """amax, zeroed and rel_err of t [m, n] quantized zero-padded to [m, 48], decoded, cut back to n columns."""
+        t = t.reshape(-1, t.shape[-1]).float()
+        n = t.shape[-1]
+        padded = torch.nn.functional.pad(t, (0, 48 - n))
+        q.columnwise = False
+        decoded = q.quantize(padded).decode_layout(columnwise=False, dtype=torch.float32)[:, :n]
+        nonzero = t.ne(0)
+        return {"amax": t.abs().max().item(),
+                "zeroed": (nonzero & decoded.eq(0)).sum().item() / nonzero.sum().item(),
+                "rel_err": ((t - decoded).double().norm() / t.double().norm()).item()}
+
+    got = stats["2"]["X"]  # K = 40: padded to 48
+    want = unpadded_stats(seen["x"], recipe.input_quantizer())
+    assert got["amax"] == want["amax"] and got["zeroed"] == pytest.approx(want["zeroed"], abs=1e-12)
+    assert got["rel_err"] == pytest.approx(want["rel_err"], rel=1e-9)
+
+
+def test_monitor_refuses_layers_of_the_dtensor_styles():
+    from fp4dist import NVFP4Linear
+
+    layer = NVFP4Linear(32, 32)
+    layer.tp_forward = lambda module, x: x  # what NVFP4ColwiseParallel / RowwiseParallel attach
+    with pytest.raises(NotImplementedError, match="TP styles"):
+        HealthMonitor(torch.nn.Sequential(layer))
