@@ -255,3 +255,25 @@ def sequence_parallel_block(rank, world, seed):
 @pytest.mark.slow
 def test_sequence_parallel_norms_and_eval(gen):
     run_ranks(sequence_parallel_block, 2, int(torch.randint(2**31, (1,), generator=gen)), timeout=180)
+
+
+def _uneven_rowwise_sequence(rank, world, lengths):
+    """A rowwise SP layer fed sequence shards of lengths[rank] rows: what each rank raises (None if nothing)."""
+    mesh = init_device_mesh("cpu", (world,))
+    layer = parallelize_module(nn.Linear(FFN, H), mesh, NVFP4RowwiseParallel(output_layouts=Shard(0),
+                                                                            recipe=RECIPE))
+    x = torch.randn(lengths[rank], B, FFN // world)
+    try:
+        layer(x)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("lengths", [(4, 5), (5, 5)], ids=["one-rank-odd", "all-odd"])
+def test_rowwise_sequence_not_divisible_raises_on_every_rank(lengths):
+    """The reduce-scatter's length is agreed before any rank computes: a rank alone with a bad length gets the
+    same clear error as its peers (no rank is left waiting in the collective)."""
+    errors = run_ranks(_uneven_rowwise_sequence, 2, lengths, timeout=90)
+    assert all(e is not None and "NVFP4RowwiseParallel" in e and "raised on every rank" in e for e in errors), errors
+    assert all("rank 1" in e for e in errors), errors  # the rank whose input is at fault is named

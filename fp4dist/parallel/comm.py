@@ -37,7 +37,7 @@ _AGREEMENTS: dict[tuple, agree.AgreementCache] = {}
 _SHAPE_FIELDS = ("tensor shape", "dtype")
 
 
-def _agree_on_shape(what: str, x: torch.Tensor, group, check=lambda: None) -> None:
+def agree_on_shape(what: str, x: torch.Tensor, group, check=lambda: None) -> None:
     """Every rank passes the same shape and dtype (and ``check`` passes on every rank), agreed once per signature
     (agree.py): a shard of another length would make the collective abort the process. Under torch.compile only
     ``check`` runs (at trace time)."""
@@ -53,7 +53,7 @@ def all_gather_dim0(x: torch.Tensor, group) -> torch.Tensor:
     world = group_size(group)
     if world == 1:
         return x
-    _agree_on_shape("all-gather along dim 0 (every rank's shard must have the same shape)", x, group)
+    agree_on_shape("all-gather along dim 0 (every rank's shard must have the same shape)", x, group)
     out = torch.empty((world * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
     all_gather_single(out, x.contiguous(), group=group)
     return out
@@ -68,7 +68,7 @@ def reduce_scatter_dim0(x: torch.Tensor, group) -> torch.Tensor:
             raise ValueError(f"reduce-scatter along dim 0 needs its size ({x.shape[0]}) divisible by the group size "
                              f"{world}")
 
-    _agree_on_shape("reduce-scatter along dim 0 (every rank's input must have the same shape)", x, group, check)
+    agree_on_shape("reduce-scatter along dim 0 (every rank's input must have the same shape)", x, group, check)
     out = torch.empty((x.shape[0] // world, *x.shape[1:]), dtype=x.dtype, device=x.device)
     reduce_scatter_single(out, x.contiguous(), group=group)
     return out

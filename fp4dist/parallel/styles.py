@@ -154,9 +154,14 @@ class _RowwiseForward:
         out = self.output_layout
         d = _seq_dim(out, local.dim())
         if d is not None:  # sequence parallelism: computed sequence first, reduce-scattered along d
-            if local.shape[d] % tp:
-                raise ValueError(f"NVFP4RowwiseParallel: the sequence dim {d} has size {local.shape[d]}, not "
-                                 f"divisible by the tensor-parallel size {tp} for the reduce-scatter")
+            def check():
+                if local.shape[d] % tp:
+                    raise ValueError(f"NVFP4RowwiseParallel: the sequence dim {d} has size {local.shape[d]}, not "
+                                     f"divisible by the tensor-parallel size {tp} for the reduce-scatter")
+
+            # agreed before any rank computes: a rank alone with a bad length must not leave the others waiting
+            comm.agree_on_shape("NVFP4RowwiseParallel's input (every rank's must have the same shape)", local,
+                                group, check)
             z = module._nvfp4_matmul(_to_dim0(local, d), weight)
             y = _from_dim0(comm.reduce_scatter_seq_to_sp(z, group), d)
         else:
