@@ -169,7 +169,7 @@ def eager_costs(fn, device: torch.device, calls: int = 4) -> dict[str, float]:
 def capture(fn, device: torch.device, count_kernels: bool = True, repeat: int = 1):
     """(graph, costs of the captured call): fn (already warm: its signature validated) captured in a CUDA graph;
     its collectives and host reads counted while capturing, its kernels per replay (with ``count_kernels``: a
-    profiler session)."""
+    torch.profiler run)."""
     graph = torch.cuda.CUDAGraph()
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -246,8 +246,8 @@ def worker(rank, world, store, device_kind, sizes_mb, iters, graphs, results):
     group = dist.group.WORLD
     modes = MODES if use_nccl and graphs else ("eager",)
     rows = []
-    # Every timing comes before any torch.profiler session: once the profiler has run, CUPTI stays attached to
-    # the process and every later kernel launch pays for it on the host.
+    # Every timing comes before torch.profiler first runs: from then on CUPTI stays attached to the process and
+    # every kernel launch pays for it on the host.
     for counting in (False, True):
         for mb in sizes_mb:
             rows += measure_size(mb, world, rank, group, device, modes, iters, counting)

@@ -15,8 +15,8 @@ Steady state: everything that depends only on the signature (the views' sizes, s
 the reorder's arguments, the result's metadata, the backend, the device check) is a :class:`GatherPlan`
 built once per signature per group. A gather of a shard that holds its buffer then costs: one dict
 look-up, one allocation (the gathered bytes, which the result views), the collective, the device check
-(one CUDA launch; torch ops on the CPU; none at world 1, where there is nothing to compare), the views and, with the columnwise layout and world > 1, the
-reorder launch. That path makes no host read, so a CUDA graph can capture it once the signature has
+(one CUDA launch; torch ops on the CPU; none at world 1, where there is nothing to compare), the views
+and, with the columnwise layout and world > 1, the reorder launch. That path makes no host read, so a CUDA graph can capture it once the signature has
 been gathered eagerly.
 
 Shards must have been quantized with ``amax_group=group`` (one global amax) and, with stochastic

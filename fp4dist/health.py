@@ -41,7 +41,7 @@ from torch import nn
 from fp4dist.format import BLOCK_SIZE, E4M3_MAX
 from fp4dist.nn import NVFP4Linear
 from fp4dist.parallel.linear import RowParallelLinear, _ParallelLinear
-from fp4dist.quantizer import NVFP4Quantizer, RowBlocks, pad_last_dim
+from fp4dist.quantizer import NVFP4Quantizer, pad_matrix
 from fp4dist.tensor import NVFP4Tensor
 
 OPERANDS = ("X", "W", "dY")
@@ -97,8 +97,7 @@ def rowwise_only(q: NVFP4Quantizer) -> NVFP4Quantizer:
 def padded_operand(x: torch.Tensor, q: NVFP4Quantizer) -> torch.Tensor:
     """``x`` as [m, n] zero-padded as a layer pads it before quantizing: n to a multiple of 16, and m too for
     16x16 tiles (``q.block_2d``); ``x`` itself when aligned."""
-    x2d = pad_last_dim(x.detach().reshape(-1, x.shape[-1]))
-    return RowBlocks.of(1, x2d.shape[0], pad=True).pad_shard(x2d) if q.block_2d else x2d
+    return pad_matrix(x.detach().reshape(-1, x.shape[-1]), rows=q.block_2d)
 
 
 def quantize_rowwise(x: torch.Tensor, q: NVFP4Quantizer, amax_group=None) -> NVFP4Tensor:

@@ -30,6 +30,13 @@ def pad_last_dim(x: torch.Tensor) -> torch.Tensor:
     return x if n % BLOCK == 0 else F.pad(x, (0, padded_size(n) - n))
 
 
+def pad_matrix(x2d: torch.Tensor, rows: bool) -> torch.Tensor:
+    """``x2d`` [m, n] zero-padded to [padded_size(m) if ``rows`` else m, padded_size(n)] (``rows``: 16x16 tiles
+    or the transposed layout block the rows too); ``x2d`` itself when already aligned."""
+    x2d = pad_last_dim(x2d)
+    return F.pad(x2d, (0, 0, 0, padded_size(x2d.shape[0]) - x2d.shape[0])) if rows and x2d.shape[0] % BLOCK else x2d
+
+
 @dataclass(frozen=True)
 class RowBlocks:
     """The rows of a 2-D operand as ``groups`` shards of ``rows`` rows, each zero-padded to ``padded``

@@ -25,11 +25,7 @@ def _columnwise_source(x2d: torch.Tensor, rht: bool) -> torch.Tensor:
 
 def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
     row_amax = x2d.abs().amax().float()
-    if rht:
-        v = x2d.t()
-        col_amax = rht_mod.columnwise_amax(rht_mod.columnwise_source(v), v)
-    else:
-        col_amax = row_amax
+    col_amax = rht_mod.columnwise_amax(_columnwise_source(x2d, True), x2d.t()) if rht else row_amax
     return torch.stack((row_amax, col_amax))
 
 

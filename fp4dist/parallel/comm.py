@@ -44,7 +44,7 @@ def agree_on_shape(what: str, x: torch.Tensor, group, check=lambda: None) -> Non
     if torch.compiler.is_compiling():
         check()
         return
-    key = (what, tuple(dist.get_process_group_ranks(group)) if group is not None else None)
+    key = (what, group)  # a group object per group, as the gather's checks key them
     cache = _AGREEMENTS.setdefault(key, agree.AgreementCache())
     agree.agree(cache, what, _SHAPE_FIELDS, agree.tensor_signature(x), check, group)
 

@@ -23,7 +23,7 @@ Only the columnwise layouts are kept for backward, through ``save_for_backward``
 checkpointing frees and recomputes them; a second backward without ``retain_graph`` raises PyTorch's
 own error). Layouts no GEMM will read are not produced: without grad, X and W are quantized rowwise
 only (so any number of rows works in eval), and dY skips the layout of a gradient nobody asked for.
-On a GPU a linear costs 15 launches: forward amax + cast of X and of W (the amax launches include their
+On a GPU a linear costs 12 launches: forward amax + cast of X and of W (the amax launches include their
 output's 8-byte memset), one decode of both operands, one GEMM; backward amax + cast of dY and twice
 (decode pair, GEMM). Autocast is off inside: NVFP4 GEMMs keep their own precision (the semantics of
 ``torch.amp.custom_fwd`` / ``custom_bwd`` with the input cast to the autocast dtype).
@@ -40,7 +40,7 @@ from fp4dist.distributed import all_gather_nvfp4
 from fp4dist.gather_buffer import quantize_for_gather
 from fp4dist.gemm import nvfp4_gemm
 from fp4dist.parallel.comm import group_size, reduce_scatter_dim0
-from fp4dist.quantizer import NVFP4Quantizer, RowBlocks, pad_last_dim
+from fp4dist.quantizer import NVFP4Quantizer, RowBlocks, pad_last_dim, pad_matrix
 from fp4dist.tensor import NVFP4Tensor
 
 
@@ -73,8 +73,7 @@ def quantize_input(quantizer: NVFP4Quantizer, x: torch.Tensor, group, columnwise
     (``.wait()`` gives it)."""
     k = x.shape[-1]
     x2d = pad_last_dim(x.reshape(-1, k))
-    world = group_size(group) if group is not None else 1
-    rows = RowBlocks.of(world, x2d.shape[0], pad=columnwise)
+    rows = RowBlocks.of(group_size(group), x2d.shape[0], pad=columnwise)
     x2d = rows.pad_shard(x2d)
     if group is None:
         return quantizer.quantize(x2d, columnwise=columnwise), rows
@@ -83,9 +82,7 @@ def quantize_input(quantizer: NVFP4Quantizer, x: torch.Tensor, group, columnwise
 
 
 def _quantize_weight(cfg: NVFP4LinearConfig, weight: torch.Tensor, columnwise: bool) -> NVFP4Tensor:
-    w = pad_last_dim(weight)
-    if cfg.weight_quantizer.block_2d or columnwise:
-        w = RowBlocks.of(1, w.shape[0], pad=True).pad_shard(w)
+    w = pad_matrix(weight, rows=cfg.weight_quantizer.block_2d or columnwise)
     return cfg.weight_quantizer.quantize(w, columnwise=columnwise)
 
 
