@@ -6,6 +6,7 @@ For each square bf16 input X [s, s] it times (CUDA events, triton.testing.do_ben
   cast 1D        rowwise + columnwise, 1x16 blocks, RN: the cast pass alone (given amax)
   amax+cast 1D   the amax pass and the cast pass together (what a quantize() call costs)
   cast RHT       rowwise + columnwise with the RHT on the columnwise layout
+  cast SR+RHT    the same with stochastic rounding: the gradient's cast
   cast 2D        rowwise + columnwise, 16x16 tiles
   dequantize     rowwise layout -> bf16
   swap_first_dims  uint8 [4, s, s/2] -> [s, 4, s/2] (s = 8192: [4, 8192, 4096])
@@ -56,8 +57,8 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (t * 1e-6) / 1e9
 
 
-def cast_kwargs(block_2d=False, rht=False):
-    return dict(rowwise=True, columnwise=True, block_2d=block_2d, rht=rht, stochastic_rounding=False, seed=0,
+def cast_kwargs(block_2d=False, rht=False, sr=False):
+    return dict(rowwise=True, columnwise=True, block_2d=block_2d, rht=rht, stochastic_rounding=sr, seed=0,
                 rng_offset=0, row_offset=0)
 
 
@@ -118,6 +119,7 @@ def run(sizes, compile_baseline: bool):
 
         for name, kw, a, rht_amax in (("cast 1D", cast_kwargs(), amax, False),
                                       ("cast RHT", cast_kwargs(rht=True), amax_rht, True),
+                                      ("cast SR+RHT", cast_kwargs(rht=True, sr=True), amax_rht, True),
                                       ("cast 2D", cast_kwargs(block_2d=True), amax, False)):
             t = bench(functools.partial(K.cast, x, a, **kw))
             tc, note = (None, "compile skipped")

@@ -9,7 +9,8 @@ A step is forward, cross-entropy, backward, grad-norm clipping and a fused AdamW
 bf16 activations on a GPU (fp32 on a CPU). Per (model, recipe, mode) it reports: the median step time
 (CUDA events around each step, so launch gaps count), the GPU-kernel time of one step and its kernel
 count (torch.profiler; memsets count as kernels), the host syncs of one eager step
-(torch.cuda.set_sync_debug_mode), and peak memory. Separately it counts the kernels of one NVFP4 linear,
+(torch.cuda.set_sync_debug_mode), peak memory, and where the GPU time goes: kernel ms per family (casts,
+amax passes, operand decodes, GEMMs, attention, optimizer, memsets, other). Separately it counts the kernels of one NVFP4 linear,
 forward + backward, at the model's MLP shape.
 
 Each measurement runs in a process of its own, and in it every timing comes before the profiler: once
@@ -64,8 +65,28 @@ class Step:
         return loss.detach(), norm
 
 
-def profile(fn, device, names: list | None = None) -> tuple[int, float]:
-    """(kernels incl. memsets, their summed GPU ms) of one call of fn; their names appended to ``names``."""
+# Kernel families of the breakdown: the first pattern a kernel's name contains names its family.
+FAMILIES = (
+    ("cast", ("cast_wide_kernel", "cast_kernel")),
+    ("amax", ("amax",)),
+    ("decode", ("decode_kernel",)),
+    ("gemm", ("nvjet", "gemm", "sm90_xmma", "cutlass")),
+    ("attention", ("flash", "fmha", "attention")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("memset", ("memset", "Memset")),
+)
+
+
+def family(kernel: str) -> str:
+    for fam, patterns in FAMILIES:
+        if any(p in kernel for p in patterns):
+            return fam
+    return "other"
+
+
+def profile(fn, device, names: list | None = None, by_family: dict | None = None) -> tuple[int, float]:
+    """(kernels incl. memsets, their summed GPU ms) of one call of fn; their names appended to ``names``, their
+    GPU ms summed per family (``FAMILIES``) into ``by_family``."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -78,6 +99,10 @@ def profile(fn, device, names: list | None = None) -> tuple[int, float]:
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     if names is not None:
         names.extend(e.name for e in events)
+    if by_family is not None:
+        for e in events:
+            fam = family(e.name)
+            by_family[fam] = by_family.get(fam, 0.0) + e.device_time / 1e3
     return len(events), sum(e.device_time for e in events) / 1e3
 
 
@@ -152,12 +177,14 @@ def bench(name, dims, recipe_name, mode, device, iters):
             step(x, y)
     setup_s = time.perf_counter() - t_setup
     ms = median_step_ms(run, device, iters)
-    kernels, kernel_ms = profile(lambda: run(0), device)
+    by_family = {}
+    kernels, kernel_ms = profile(lambda: run(0), device, by_family=by_family)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     params = sum(p.numel() for p in step.model.parameters())
     return dict(model=name, params_m=round(params / 1e6, 1), recipe=recipe_name, mode=mode, step_ms=round(ms, 2),
                 kernel_ms=round(kernel_ms, 2), kernels=kernels, host_syncs=syncs, peak_gib=round(peak, 2),
-                setup_s=round(setup_s, 1))
+                setup_s=round(setup_s, 1),
+                gpu_ms_by_family={k: round(v, 2) for k, v in sorted(by_family.items(), key=lambda kv: -kv[1])})
 
 
 def linear_kernels(d: int, tokens: int, device) -> int:
@@ -242,6 +269,15 @@ def main():
         ratio = f"{r['step_ms'] / best:.2f}x" if best else "-"
         print(f"| {r['model']} ({r['params_m']}M) | {r['recipe']} | {r['mode']} | {r['step_ms']} | {r['kernel_ms']} | "
               f"{r['kernels']} | {r['host_syncs']} | {r['peak_gib']} | {ratio} |")
+    fams = [f for f, _ in FAMILIES] + ["other"]
+    print("\nGPU ms per step by kernel family (one profiled step)\n")
+    print("| model | recipe | mode | " + " | ".join(fams) + " |")
+    print("|---|---|---|" + "---|" * len(fams))
+    for r in rows:
+        if "error" not in r:
+            by = r["gpu_ms_by_family"]
+            print(f"| {r['model']} | {r['recipe']} | {r['mode']} | " + " | ".join(f"{by.get(f, 0.0):.2f}" for f in fams)
+                  + " |")
 
 
 if __name__ == "__main__":
