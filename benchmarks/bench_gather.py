@@ -10,7 +10,9 @@ Sizes are of the full (gathered) bf16 tensor [tokens, 4096] (default 16 MB .. 1 
 * rowwise / both: ``all_gather_nvfp4`` of a shard made by ``quantize_for_gather`` (rowwise only, or rowwise +
   columnwise with the RHT), which sends the shard's buffer as it is;
 * rowwise copy-in / both copy-in: the same of a shard made by ``NVFP4Quantizer.quantize`` (copied into a
-  buffer at each gather).
+  buffer at each gather);
+* rowwise / both bytes copied (world 1 only): not a gather but ``dst.copy_(buffer)`` of the shard buffer into a
+  preallocated tensor: the floor of a world-1 gather, which NCCL runs as a local copy of those bytes.
 
 Each variant runs in two modes. ``eager``: the call itself, timed from a CUDA event recorded before the call
 to one after it on an idle GPU (so the time is the longer of the host's issue time and the GPU's work), after
@@ -201,6 +203,10 @@ def variants(mb: int, world: int, rank: int, group, device: torch.device) -> tup
                          (f"{name} copy-in", q.quantize(shard, row_offset=rank * shard.shape[0]))):
             wire = sum(c.numel() * c.element_size() for k, c in t.component_tensors().items() if "amax" not in k)
             out[label] = ((lambda t=t: all_gather_nvfp4(t, group)), wire / shard.numel())
+        if world == 1:  # the floor of a world-1 gather: a device copy of the shard buffer's bytes
+            buf = quantize_for_gather(q, shard, group).gather_buffer.data
+            out_buf = torch.empty_like(buf)
+            out[f"{name} bytes copied"] = ((lambda d=out_buf, b=buf: d.copy_(b)), buf.numel() / shard.numel())
     return out, tokens
 
 
@@ -274,15 +280,18 @@ def tables(rows, args, backend: str) -> str:
              f"median of {args.iters}; per gather: collectives / host reads / "
              f"{'CUDA kernels' if args.device == 'cuda' else 'aten ops (no views, no allocations)'}",
              "",
-             "| bf16 MB | mode | bf16 ms | rowwise ms | vs bf16 | both ms | vs bf16 | per gather (bf16; rowwise; both) |",
-             "|---:|---|---:|---:|---:|---:|---:|---|"]
+             "| bf16 MB | mode | bf16 ms | rowwise ms | vs bf16 | both ms | vs bf16 | per gather (bf16; rowwise; both) "
+             "| copy of the bytes ms (rowwise; both) |",
+             "|---:|---|---:|---:|---:|---:|---:|---|---|"]
     for mb in sizes:
         for mode in modes:
             b, rw, both = (by[(mb, mode, v)] for v in ("bf16", "rowwise", "both"))
+            copies = [by.get((mb, mode, f"{v} bytes copied")) for v in ("rowwise", "both")]
+            copied = "; ".join(f"{1e3 * c['seconds']:.3f}" for c in copies if c) or "-"
             lines.append(f"| {mb:.0f} | {mode} | {1e3 * b['seconds']:.3f} | {1e3 * rw['seconds']:.3f} | "
                          f"{b['seconds'] / rw['seconds']:.2f}x | {1e3 * both['seconds']:.3f} | "
                          f"{b['seconds'] / both['seconds']:.2f}x | {per_gather(b)}; {per_gather(rw)}; "
-                         f"{per_gather(both)} |")
+                         f"{per_gather(both)} | {copied} |")
     lines += ["", "| bf16 MB | variant | mode | bytes/elem | ms | vs bf16 | host us | collectives | host reads | "
               "kernels |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
