@@ -13,7 +13,8 @@ columnwise_scale_inv     n * m/16               float8_e4m3fn [n, m/16]
 trailer                  32                     int64 [4], see below
 =======================  =====================  ==========================================================
 
-``S`` is the trailer's end (a multiple of 16). Trailer words: 0 holds the fp32 bits of amax_rowwise
+``S`` is the trailer's end rounded up to a multiple of ``SIZE_ALIGN`` (4096; the bytes after the trailer are
+not read). Trailer words: 0 holds the fp32 bits of amax_rowwise
 (low half) and amax_columnwise (high half), 0 for a layout not present; 1 the SR ``rng_offset`` and
 2 the shard's ``row_offset - rank * m`` (both 0 without stochastic rounding); 3 a status, 0 or the
 code of a bad argument (``gather_check.ERRORS``) sent by a rank that has no shard to send.
@@ -44,6 +45,7 @@ import torch.distributed as dist
 from fp4dist.tensor import NVFP4Tensor
 
 ALIGN = 16
+SIZE_ALIGN = 4096  # S, the buffer's size: a device copy of a byte count off this granularity runs far slower
 AMAX, RNG_OFFSET, ROW_BASE, STATUS = range(4)
 _E4M3 = torch.float8_e4m3fn
 
@@ -76,7 +78,7 @@ class ShardLayout:
             size = shape[0] * shape[1] if len(shape) == 2 else 8 * shape[0]
             self.parts.append((name, offset, size, dtype, shape))
             offset = (offset + size + ALIGN - 1) // ALIGN * ALIGN
-        self.nbytes = offset
+        self.nbytes = (offset + SIZE_ALIGN - 1) // SIZE_ALIGN * SIZE_ALIGN
 
     @classmethod
     def of(cls, t: NVFP4Tensor) -> "ShardLayout":

@@ -125,3 +125,21 @@ def test_mismatched_shards_raise_on_every_rank(case, pattern):
 def test_wrong_argument_types():
     with pytest.raises(TypeError, match="takes an NVFP4Tensor"):
         all_gather_nvfp4(torch.zeros(4))
+
+
+def test_shard_buffer_size_is_a_whole_number_of_pages(gen):
+    """A shard buffer's size S is a multiple of SIZE_ALIGN (a device copy of a byte count off that granularity runs
+    ~1.5x slower on an H200: docs/benchmarks.md) and its parts, 16-byte aligned, end with the trailer inside S."""
+    from fp4dist.gather_buffer import SIZE_ALIGN, ShardLayout
+
+    for _ in range(20):
+        m = 16 * int(torch.randint(1, 300, (1,), generator=gen))
+        n = 16 * int(torch.randint(1, 300, (1,), generator=gen))
+        rowwise, columnwise = [bool(b) for b in torch.randint(0, 2, (2,), generator=gen)]
+        layout = ShardLayout(m, n, rowwise, columnwise)
+        end = 0
+        for name, offset, size, _, _ in layout.parts:
+            assert offset % 16 == 0 and offset >= end, (name, offset, end)
+            end = offset + size
+        assert layout.parts[-1][0] == "trailer"
+        assert layout.nbytes % SIZE_ALIGN == 0 and end <= layout.nbytes < end + SIZE_ALIGN, (layout.nbytes, end)
