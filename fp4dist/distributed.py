@@ -42,7 +42,9 @@ its steady state cannot be told apart from a legitimate new signature without a 
 such a program with ``validate="always"``.
 
 Under ``torch.compile`` (fullgraph, once the signature has been gathered eagerly over the group) the
-host checks are skipped and the device check stays.
+host checks are skipped and the device check stays; ``async_op=True`` is traced as the synchronous
+collective (dynamo's functional collective, whose wait the compiler places), and the handle's ``wait()``
+only finishes the result.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class NVFP4GatherHandle:
 
     def wait(self) -> NVFP4Tensor:
         if self._result is None:
-            if self._work is not None:
+            if self._work is not None:  # None: a compiled gather (no c10d work object)
                 self._work.wait()
             self._result = self._finish(*self._args)
             self._args = None
@@ -114,7 +116,8 @@ class GatherPlan:
     def start(self, send: torch.Tensor, t: NVFP4Tensor, group, async_op: bool, compiling: bool = False):
         """The collective of ``send`` (uint8 [S]) and the result (or the handle that makes it)."""
         gathered = torch.empty(self.where.nbytes, dtype=torch.uint8, device=self.device)
-        work = all_gather_single(gathered, send, group=group, async_op=async_op)
+        # dynamo traces only the synchronous form, as a functional collective whose wait the compiler places
+        work = all_gather_single(gathered, send, group=group, async_op=async_op and not compiling)
         if async_op:
             return NVFP4GatherHandle(work, self.finish, gathered, t, compiling)
         return self.finish(gathered, t, compiling)
