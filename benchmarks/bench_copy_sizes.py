@@ -3,9 +3,10 @@ to a multiple of ``fp4dist.gather_buffer.SIZE_ALIGN``.
 
     python benchmarks/bench_copy_sizes.py [--sizes-mib 4.5 18 36 72 144] [--extras 0 16 512 4096 65536]
 
-For each size (MiB) plus each extra byte count it times, in a CUDA graph of 16 back-to-back calls (time / 16,
-median of 20 replays), ``dst.copy_(src)`` of uint8 buffers and NCCL's all_gather_into_tensor of the same buffers
-at world 1 (one process, one GPU; NCCL runs it as a local copy). Prints us for both.
+For each size (MiB) plus each extra byte count it times, as bench_gather.py's graph x16 mode (16 back-to-back
+calls in one CUDA graph, replay time / 16, median of 20 replays), ``dst.copy_(src)`` of uint8 buffers and NCCL's
+all-gather of the same buffers at world 1 (one process, one GPU; NCCL runs it as a local copy). Prints us for
+both.
 """
 
 from __future__ import annotations
@@ -16,27 +17,15 @@ import os
 import torch
 import torch.distributed as dist
 
+from bench_gather import GRAPH_REPEAT, capture, timed  # benchmarks/, on sys.path when run as a script
+from fp4dist.collectives import all_gather_single
 
-def graph_us(fn, reps: int = 16, iters: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    times.sort()
-    return times[len(times) // 2] * 1e3
+
+def graph_us(fn, device: torch.device, iters: int = 20) -> float:
+    """us per call of fn, timed as bench_gather's graph x16 mode: 16 calls in one CUDA graph, replay time / 16."""
+    graph, _ = capture(fn, device, count_kernels=False, repeat=GRAPH_REPEAT)
+    seconds, _ = timed(graph.replay, device, iters)
+    return seconds / GRAPH_REPEAT * 1e6
 
 
 def main() -> None:
@@ -46,7 +35,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29536")
-    dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda:0"))
+    device = torch.device("cuda", 0)
+    dist.init_process_group("nccl", rank=0, world_size=1, device_id=device)
     props = torch.cuda.get_device_properties(0)
     print(f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, NCCL {torch.cuda.nccl.version()}")
     print("| MiB | " + " | ".join(f"+{e} B copy / NCCL us" for e in args.extras) + " |")
@@ -56,8 +46,8 @@ def main() -> None:
         for extra in args.extras:
             src = torch.randint(0, 255, (int(mib * 2**20) + extra,), dtype=torch.uint8, device="cuda")
             dst = torch.empty_like(src)
-            copy = graph_us(lambda: dst.copy_(src))
-            nccl = graph_us(lambda: dist.all_gather_into_tensor(dst, src))
+            copy = graph_us(lambda: dst.copy_(src), device)
+            nccl = graph_us(lambda: all_gather_single(dst, src), device)
             cells.append(f"{copy:.1f} / {nccl:.1f}")
             del src, dst
         print(f"| {mib:g} | " + " | ".join(cells) + " |", flush=True)

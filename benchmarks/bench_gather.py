@@ -199,12 +199,12 @@ def variants(mb: int, world: int, rank: int, group, device: torch.device) -> tup
     out = {"bf16": (lambda: all_gather_single(full, shard, group=group), 2.0)}
     for name, q in (("rowwise", NVFP4Quantizer(columnwise=False, amax_group=group)),
                     ("both", NVFP4Quantizer(rht=True, amax_group=group))):
-        for label, t in ((name, quantize_for_gather(q, shard, group)),
-                         (f"{name} copy-in", q.quantize(shard, row_offset=rank * shard.shape[0]))):
+        sent = quantize_for_gather(q, shard, group)
+        for label, t in ((name, sent), (f"{name} copy-in", q.quantize(shard, row_offset=rank * shard.shape[0]))):
             wire = sum(c.numel() * c.element_size() for k, c in t.component_tensors().items() if "amax" not in k)
             out[label] = ((lambda t=t: all_gather_nvfp4(t, group)), wire / shard.numel())
         if world == 1:  # the floor of a world-1 gather: a device copy of the shard buffer's bytes
-            buf = quantize_for_gather(q, shard, group).gather_buffer.data
+            buf = sent.gather_buffer.data
             out_buf = torch.empty_like(buf)
             out[f"{name} bytes copied"] = ((lambda d=out_buf, b=buf: d.copy_(b)), buf.numel() / shard.numel())
     return out, tokens
