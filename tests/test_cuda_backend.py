@@ -14,6 +14,7 @@ import torch
 
 from fp4dist import NVFP4Quantizer
 from fp4dist import format as fmt
+from fp4dist import rht as rht_mod
 from fp4dist.backends import reference as ref
 
 pytestmark = [
@@ -706,6 +707,18 @@ def test_rht_overflow_amax_matches_reference(kern, gen, shape, dtype, infinities
     want = ref.compute_amax(x, rht=True)
     assert torch.isfinite(want[1])
     assert_same_floats(kern.compute_amax(x.cuda(), rht=True), want, f"amax {dtype} {shape} inf={infinities}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=lambda d: str(d).split(".")[-1])
+def test_one_overflowing_chunk_among_ordinary_ones_sr(kern, gen, dtype):
+    # the SR cast sends a whole warp down the overflow path when one of its lanes' chunks overflows; the warp's other
+    # tasks (ordinary chunks of the same 16 rows) must keep their bits
+    x = torch.randn(512, 1024, generator=gen).to(dtype)
+    top = torch.finfo(dtype).max
+    col = int(torch.randint(0, 1024, (1,), generator=gen))
+    x[16:32, col] = (top / 2) * torch.tensor(rht_mod.RHT_SIGNS, dtype=torch.float64).to(dtype)  # coherent: overflows
+    check_cast(kern, x, **MODES["both_rht_sr"])
+    check_cast(kern, x, **MODES["col_rht_sr"])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])

@@ -1,7 +1,7 @@
 """The CUDA kernels' numerics checked on the CPU: csrc/common/numerics.cuh compiled for the host (its helpers
 are __host__ __device__) by nvcc, no GPU needed. tests/host/fast_rn_check.cu checks the cast's fast RN path
-against the general rounding; tests/host/numerics_probe.cu answers queries that are compared with the Python
-definitions (fp4dist.rng)."""
+against the general rounding, tests/host/fast_sr_check.cu its SR rounding against the rule step by step;
+tests/host/numerics_probe.cu answers queries that are compared with the Python definitions (fp4dist.rng)."""
 
 import random
 import shutil
@@ -50,6 +50,17 @@ def test_fast_rn_path_matches_the_general_rounding_on_the_host(tmp_path):
     # every fp32 |a| < 7 (1,088,421,888 values) and the random blocks, with no mismatch
     assert "magnitudes: 1088421888 values x 2 signs, 0 mismatches" in run.stdout, run.stdout
     assert run.stdout.count(" 0 mismatches") == 3, run.stdout
+
+
+@needs_nvcc
+def test_fast_sr_rounding_matches_the_stepwise_rounding_on_the_host(tmp_path):
+    exe = build(HOST / "fast_sr_check.cu", tmp_path / "fast_sr_check")
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    # every fp32 in [0, 6] (1,086,324,737 values) with the draws either side of its threshold, specials, the hash
+    # forms and random blocks, with no mismatch
+    assert "magnitudes: 1086324737 values x 3 draws, 0 mismatches" in run.stdout, run.stdout
+    assert run.stdout.count(" 0 mismatches") == 4, run.stdout
 
 
 @needs_nvcc

@@ -3,7 +3,8 @@
 //
 // RN blocks of 16-bit inputs whose products stay below 7 take the fast path (quantize16_rn_fast: 3 FMA-pipe
 // roundings + 2 min per element, sign bits from packed compares); the others (NaN / inf / saturating
-// scales, fp32 inputs, SR) take the general path (quantize16_fn). Both give the same bits.
+// scales, fp32 inputs, SR) take the general path (quantize16_fn: e2m1_rn_fma or e2m1_sr_fma per element). Both
+// give the same bits.
 #pragma once
 
 #include "../common/dtype_traits.cuh"
@@ -74,28 +75,43 @@ __device__ __forceinline__ uint2 row_codes_fast(const uint32_t (&v)[8], float e)
 
 // General path: any block, RN or SR.
 // key: the SR stream key (p.key_col for the columnwise layout).
-template <typename T, bool SR>
+// The SR row hashes of a column task: hrow[k] = xorshift16(mix32(key ^ row k)), so that element (k, c) draws
+// mix32_tail(hrow[k] ^ xorshift16(c)). RowHashes::own computes the 16 itself; RowHashes::warp takes them from the
+// lanes of its warp (lane k % 16 hashes row k), for a warp whose 32 lanes all call it on the same 16 rows.
+enum class RowHashes { own, warp };
+
+template <RowHashes H>
+__device__ __forceinline__ void row_hashes(uint32_t key, uint32_t row0, uint32_t (&hrow)[16]) {
+  if constexpr (H == RowHashes::warp) {
+    const uint32_t mine = xorshift16(mix32(key ^ (row0 + (threadIdx.x & 15u))));
+#pragma unroll
+    for (int k = 0; k < 16; ++k) hrow[k] = __shfl_sync(0xffffffffu, mine, k);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 16; ++k) hrow[k] = xorshift16(mix32(key ^ (row0 + k)));
+  }
+}
+
+template <typename T, bool SR, RowHashes H = RowHashes::own>
 __device__ __forceinline__ uint4 column_codes(const CastParams& p, const typename Tr<T>::P (&raw)[16], float ea,
                                               float eb, uint32_t grow, uint32_t ca, uint32_t key) {
   uint32_t hrow[16] = {};
-  if constexpr (SR) {
-#pragma unroll
-    for (int k = 0; k < 16; ++k) hrow[k] = mix32(key ^ (p.row_offset + grow + k));
-  }
-  const uint32_t cb = ca + 1;
+  if constexpr (SR) row_hashes<H>(key, p.row_offset + grow, hrow);
+  const uint32_t xa = xorshift16(ca), xb = xorshift16(ca + 1);
   const uint2 qa = quantize16_fn<SR>([&](int k) { return Tr<T>::first(raw[k]); }, ea,
-                                     [&](int k) { return mix32(hrow[k] ^ ca); });
+                                     [&](int k) { return mix32_tail(hrow[k] ^ xa); });
   const uint2 qb = quantize16_fn<SR>([&](int k) { return Tr<T>::second(raw[k]); }, eb,
-                                     [&](int k) { return mix32(hrow[k] ^ cb); });
+                                     [&](int k) { return mix32_tail(hrow[k] ^ xb); });
   return make_uint4(qa.x, qa.y, qb.x, qb.y);
 }
+// cbase is a multiple of 16, so xorshift16(cbase + i) = xorshift16(cbase) ^ i.
 template <typename T, bool SR>
 __device__ __forceinline__ uint2 row_codes(const CastParams& p, const typename Tr<T>::P (&v)[8], float e, uint32_t grow,
                                            uint32_t cbase) {
-  uint32_t hr = 0;
-  if constexpr (SR) hr = mix32(p.key_row ^ (p.row_offset + grow));
+  uint32_t hx = 0;  // element i draws mix32_tail(hx ^ i)
+  if constexpr (SR) hx = xorshift16(mix32(p.key_row ^ (p.row_offset + grow))) ^ xorshift16(cbase);
   return quantize16_fn<SR>([&](int i) { return (i & 1) ? Tr<T>::second(v[i >> 1]) : Tr<T>::first(v[i >> 1]); }, e,
-                           [&](int i) { return mix32(hr ^ (cbase + i)); });
+                           [&](int i) { return mix32_tail(hx ^ static_cast<uint32_t>(i)); });
 }
 
 // Max over the 8 lanes (16 columns) of a 16x16 tile.
@@ -107,14 +123,14 @@ __device__ __forceinline__ uint32_t tile_max8(uint32_t t) {
 
 // Codes of a columnwise task (columns a, b, encode scales ea, eb) or of a rowwise block (e): the fast path
 // where every block passes rn_fast_ok, else the general path. bits: block maxima (fp32 magnitude bits).
-template <typename T, bool SR>
+template <typename T, bool SR, RowHashes H = RowHashes::own>
 __device__ __forceinline__ uint4 column_block_codes(const CastParams& p, const typename Tr<T>::P (&raw)[16],
                                                     uint32_t bits_a, uint32_t bits_b, float ea, float eb,
                                                     uint32_t grow, uint32_t ca, uint32_t key) {
   if constexpr (!SR && sizeof(T) == 2) {
     if (rn_fast_ok(u2f(bits_a), ea) && rn_fast_ok(u2f(bits_b), eb)) return column_codes_fast<T>(raw, ea, eb);
   }
-  return column_codes<T, SR>(p, raw, ea, eb, grow, ca, key);
+  return column_codes<T, SR, H>(p, raw, ea, eb, grow, ca, key);
 }
 template <typename T, bool SR>
 __device__ __forceinline__ uint2 row_block_codes(const CastParams& p, const typename Tr<T>::P (&v)[8], uint32_t bits,

@@ -178,6 +178,9 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         bool wide = false;  // RHT's overflow path (block_codes.cuh, column_rht_wide)
         if constexpr (RHT) {
           wide = rht_column_rounded<T>(raw, in_a, in_b, bits_a, bits_b);
+          // with SR the whole warp takes the same path (the overflow path gives any task its spec values), so
+          // that the common path can share the row hashes across the warp
+          if constexpr (SR) wide = __any_sync(0xffffffffu, wide);
         } else {
           column_maxima<T>(raw, bits_a, bits_b);
         }
@@ -193,7 +196,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
           ccodes = w.codes;
           cs2 = static_cast<uint16_t>(w.scales);
         } else {
-          ccodes = column_block_codes<T, SR>(p, raw, bits_a, bits_b, etab_c[sa], etab_c[sb], grow, ca, p.key_col);
+          ccodes = column_block_codes<T, SR, RowHashes::warp>(p, raw, bits_a, bits_b, etab_c[sa], etab_c[sb], grow,
+                                                               ca, p.key_col);
         }
         stage_column(stage, q, k, ccodes, cs2);
         emit_row(v[0], 0, bits_0, rs2 & 0xffu, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);

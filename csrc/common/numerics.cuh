@@ -78,15 +78,18 @@ FP4_HD uint32_t nan_canon16(uint32_t mag2, uint32_t inf_bits, uint32_t nan_bits)
   return lo | (hi << 16);
 }
 
-// lowbias32 (fp4dist/rng.py).
-FP4_HD uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
+// lowbias32 (fp4dist/rng.py) = mix32_tail(xorshift16(x)). Its first step is linear over GF(2), so the word of
+// element (row, col), mix32(h ^ col) with h the row's hash, is mix32_tail(xorshift16(h) ^ xorshift16(col)): the
+// kernels compute xorshift16 once per row and once per column instead of once per element.
+FP4_HD uint32_t xorshift16(uint32_t x) { return x ^ (x >> 16); }
+FP4_HD uint32_t mix32_tail(uint32_t x) {
   x *= 0x7feb352du;
   x ^= x >> 15;
   x *= 0x846ca68bu;
   x ^= x >> 16;
   return x;
 }
+FP4_HD uint32_t mix32(uint32_t x) { return mix32_tail(xorshift16(x)); }
 
 // fp4dist/rng.py's stream_key: the 32-bit key of one (seed, rng_offset, stream), seed and offset taken as
 // 64-bit values (hi, lo halves). Element (row, col) of a stream draws mix32(mix32(key ^ row) ^ col).
@@ -200,7 +203,9 @@ FP4_HD uint32_t e2m1_rn(float v) {
   return code | (v < 0.0f ? 8u : 0u);
 }
 
-// format.round_to_e2m1_stochastic of clamp(v, -6, 6) with one 32-bit random word.
+// format.round_to_e2m1_stochastic of clamp(v, -6, 6) with one 32-bit random word, step by step as
+// docs/numerics.md section 7 states it. Not used by the kernels (they use e2m1_sr_fma); the reference of
+// tests/host/fast_sr_check.cu.
 FP4_HD uint32_t e2m1_sr(float v, uint32_t word) {
   float m = e2m1_mag(v);
   E2M1Grid g = e2m1_grid(m);
@@ -213,6 +218,21 @@ FP4_HD uint32_t e2m1_sr(float v, uint32_t word) {
   uint32_t code = lower + (r < frac ? 1u : 0u);
   return code | (v < 0.0f ? 8u : 0u);
 }
+
+// Round-up fp32 a * b + c (one rounding; device: fma.rp). The host model rounds the exact value up: a * b is
+// exact in double, TwoSum gives p + c as s + err exactly, and s (or the float above it) is the answer.
+FP4_HD float fma_ru(float a, float b, float c) {
+#ifdef __CUDA_ARCH__
+  return __fmaf_ru(a, b, c);
+#else
+  const double p = static_cast<double>(a) * static_cast<double>(b), cd = static_cast<double>(c);
+  const double s = p + cd, bv = s - p, err = (p - (s - bv)) + (cd - bv);
+  const float f = static_cast<float>(s);
+  const double fd = static_cast<double>(f);
+  return (fd < s || (fd == s && err > 0.0)) ? std::nextafter(f, INFINITY) : f;
+#endif
+}
+FP4_HD float fadd_ru(float a, float b) { return fma_ru(a, 1.0f, b); }
 
 FP4_HD float sat01(float x) {  // clamp to [0, 1], NaN -> 0 (PTX .sat)
 #ifdef __CUDA_ARCH__
@@ -267,6 +287,23 @@ FP4_HD float e2m1_rn_fma(float v) {
   return fma_rn(sgn, 8.0f, r + s12);
 }
 
+// SR code of v (e2m1_sr) on the FMA pipe, as the bits of M + code like e2m1_rn_fma. With m = |v| clamped to [0, 6]
+// (NaN -> 0) and r = (word >> 8) * 2^-24, e2m1_sr rounds up iff r < frac, where g(m) = lower code + frac and
+// g = min(2m, m + 2, m/2 + 4) (section 1's grid maps to 0..7, each piece affine with slope 1 / spacing). So
+//   code = ceil(g(m) - r) = min(ceil(2m - r), ceil(m - r) + 2, ceil(m/2 - r) + 4)      (ceil is monotone)
+// One round-up op gives y >= x - r with ceil(y) = ceil(x - r) (the integer ceil(x - r) is a float >= the exact
+// value, so rounding up never passes it); adding M + k with round-up (ulp of M = 1.5 * 2^23 is 1) gives
+// M + k + ceil(y) exactly. Sign: + 8 iff v < 0, as in e2m1_rn_fma. Checked against e2m1_sr on the host for every
+// fp32 |v| <= 6 with the draws either side of its threshold (tests/host/fast_sr_check.cu).
+FP4_HD float e2m1_sr_fma(float v, uint32_t word) {
+  const float m = e2m1_mag(v);
+  const float q = static_cast<float>(word >> 8) * -5.9604644775390625e-08f;  // -r, exact
+  const float c1 = fadd_ru(fma_ru(m, 2.0f, q), 12582912.0f);
+  const float c2 = fadd_ru(fadd_ru(m, q), 12582914.0f);
+  const float c3 = fadd_ru(fma_ru(m, 0.5f, q), 12582916.0f);
+  return fma_rn(mul_sat(v, -INFINITY), 8.0f, fminf(fminf(c1, c2), c3));
+}
+
 // Sum over the 8 nibbles of (kRnMagicBits << 4i) mod 2^32: packing 8 results by plain shifted adds
 // leaves this constant on top of the 8 codes.
 constexpr uint32_t rn_pack_bias() {
@@ -285,17 +322,10 @@ FP4_HD uint2 quantize16_fn(XFn xf, float e, WordFn word) {
   for (int i = 0; i < 16; ++i) {
     const float v = xf(i) * e;
     const int sh = 4 * (i & 7);
-    if constexpr (SR) {
-      w[i >> 3] |= e2m1_sr(v, word(i)) << sh;
-    } else {
-      w[i >> 3] += f2u(e2m1_rn_fma(v)) << sh;  // the nibbles never carry; the bias is removed below
-    }
+    // the nibbles never carry; the bias is removed below
+    w[i >> 3] += f2u(SR ? e2m1_sr_fma(v, word(i)) : e2m1_rn_fma(v)) << sh;
   }
-  if constexpr (!SR) {
-    w[0] -= kRnPackBias;
-    w[1] -= kRnPackBias;
-  }
-  return make_uint2(w[0], w[1]);
+  return make_uint2(w[0] - kRnPackBias, w[1] - kRnPackBias);
 }
 
 // ---- Fast RN path for blocks of 16-bit inputs ------------------------------------------------------
