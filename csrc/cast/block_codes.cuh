@@ -188,7 +188,7 @@ struct WideTask {
   uint32_t scales;
 };
 template <typename T, bool SR>
-__device__ __noinline__ WideTask column_rht_wide(const uint8_t* col0, int stride, float k_col, const float* etab_c,
+__device__ __forceinline__ WideTask column_rht_wide(const uint8_t* col0, int stride, float k_col, const float* etab_c,
                                                  uint32_t key, uint32_t row0, uint32_t ca, bool tile) {
   typename Tr<T>::P inputs[16];
 #pragma unroll
