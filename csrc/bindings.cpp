@@ -45,9 +45,20 @@ void check_byte_tensor(const at::Tensor& t, const at::Tensor& like, int64_t rows
 
 uint8_t* byte_ptr(const at::Tensor& t) { return static_cast<uint8_t*>(t.data_ptr()); }
 
+// A decoded operand the cast writes (rop [m, n] / cop [n, m] in X's dtype), or null for an empty tensor.
+void* operand_ptr(const at::Tensor& op, const at::Tensor& x, int64_t rows, int64_t cols, const char* name) {
+  if (op.numel() == 0) return nullptr;
+  TORCH_CHECK(op.device() == x.device() && op.scalar_type() == x.scalar_type() && op.is_contiguous() &&
+                  op.dim() == 2 && op.size(0) == rows && op.size(1) == cols &&
+                  reinterpret_cast<uintptr_t>(op.data_ptr()) % 16 == 0,
+              name, " must be a contiguous, 16-byte aligned [", rows, ", ", cols, "] tensor of x's dtype on x's device");
+  return op.data_ptr();
+}
+
 void launch_cast_checked(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
-                         const at::Tensor& cd, const at::Tensor& cs, bool do_row, bool do_col, bool block_2d, bool rht,
-                         bool sr, const fp4dist_cuda::CastRng& rng) {
+                         const at::Tensor& cd, const at::Tensor& cs, const at::Tensor& rop, const at::Tensor& cop,
+                         bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
+                         const fp4dist_cuda::CastRng& rng) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D CUDA tensor");
   TORCH_CHECK(amax.is_cuda() && amax.device() == x.device() && amax.scalar_type() == at::kFloat &&
                   amax.is_contiguous() && amax.numel() == 2,
@@ -64,30 +75,38 @@ void launch_cast_checked(const at::Tensor& x, const at::Tensor& amax, const at::
     check_byte_tensor(cs, x, n, m / 16, "columnwise_scale_inv");
   }
   if (block_2d) TORCH_CHECK(m % 16 == 0 && n % 16 == 0, "block_2d needs m % 16 == 0 and n % 16 == 0");
+  void* const rop_p = operand_ptr(rop, x, m, n, "rowwise_operand");
+  void* const cop_p = operand_ptr(cop, x, n, m, "columnwise_operand");
+  TORCH_CHECK((rop_p == nullptr || do_row) && (cop_p == nullptr || do_col),
+              "a decoded operand needs its layout to be cast");
+  TORCH_CHECK((rop_p == nullptr && cop_p == nullptr) ||
+                  fp4dist_cuda::cast_operands_fused(dtype_code(x), x.data_ptr(), m, n, block_2d),
+              "cast: decoded operands need a bf16/fp16 X with 16-byte aligned rows and 1x16 blocks");
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(fp4dist_cuda::launch_cast(dtype_code(x), x.data_ptr(), m, n, amax.data_ptr<float>(),
                                        do_row ? byte_ptr(rd) : nullptr, do_row ? byte_ptr(rs) : nullptr,
-                                       do_col ? byte_ptr(cd) : nullptr, do_col ? byte_ptr(cs) : nullptr, do_row,
-                                       do_col, block_2d, rht, sr, rng, c10::cuda::getCurrentCUDAStream().stream()),
+                                       do_col ? byte_ptr(cd) : nullptr, do_col ? byte_ptr(cs) : nullptr, rop_p, cop_p,
+                                       do_row, do_col, block_2d, rht, sr, rng,
+                                       c10::cuda::getCurrentCUDAStream().stream()),
              "cast");
 }
 
 // SR keys computed on the host (fp4dist.rng.stream_key), passed as their 32 bits.
 void cast(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
-          const at::Tensor& cd, const at::Tensor& cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
-          int64_t key_row, int64_t key_col, int64_t row_offset) {
+          const at::Tensor& cd, const at::Tensor& cs, const at::Tensor& rop, const at::Tensor& cop, bool do_row,
+          bool do_col, bool block_2d, bool rht, bool sr, int64_t key_row, int64_t key_col, int64_t row_offset) {
   fp4dist_cuda::CastRng rng{};
   rng.key_row = static_cast<uint32_t>(key_row);
   rng.key_col = static_cast<uint32_t>(key_col);
   rng.row_offset = static_cast<uint32_t>(row_offset);
-  launch_cast_checked(x, amax, rd, rs, cd, cs, do_row, do_col, block_2d, rht, sr, rng);
+  launch_cast_checked(x, amax, rd, rs, cd, cs, rop, cop, do_row, do_col, block_2d, rht, sr, rng);
 }
 
 // SR keys computed on the device from seed (a uint64 passed as its int64 bits), the one-element int64 CUDA tensor
 // rng_offset (read by the kernels, never by the host) and the two streams.
 void cast_device_key(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
-                     const at::Tensor& cd, const at::Tensor& cs, bool do_row, bool do_col, bool block_2d, bool rht,
-                     bool sr, int64_t seed, const at::Tensor& rng_offset, int64_t stream_row, int64_t stream_col,
+                     const at::Tensor& cd, const at::Tensor& cs, const at::Tensor& rop, const at::Tensor& cop,
+                     bool do_row, bool do_col, bool block_2d, bool rht, bool sr, int64_t seed, const at::Tensor& rng_offset, int64_t stream_row, int64_t stream_col,
                      int64_t row_offset) {
   TORCH_CHECK(rng_offset.is_cuda() && rng_offset.device() == x.device() && rng_offset.scalar_type() == at::kLong &&
                   rng_offset.numel() == 1,
@@ -100,7 +119,7 @@ void cast_device_key(const at::Tensor& x, const at::Tensor& amax, const at::Tens
   rng.stream_row = static_cast<uint32_t>(stream_row);
   rng.stream_col = static_cast<uint32_t>(stream_col);
   rng.row_offset = static_cast<uint32_t>(row_offset);
-  launch_cast_checked(x, amax, rd, rs, cd, cs, do_row, do_col, block_2d, rht, sr, rng);
+  launch_cast_checked(x, amax, rd, rs, cd, cs, rop, cop, do_row, do_col, block_2d, rht, sr, rng);
 }
 
 void amax(const at::Tensor& x, const at::Tensor& out, bool rht) {
@@ -199,6 +218,25 @@ void decode_operands(const at::Tensor& data_a, const at::Tensor& scale_a, const 
                                                   a_shift_out.data_ptr<float>(),
                                                   c10::cuda::getCurrentCUDAStream().stream()),
              "decode_operands");
+}
+
+// Operand B of a GEMM whose operand A came decoded from its cast: B with the pair's shift, alpha and the shift.
+void decode_operand_b(const at::Tensor& data_b, const at::Tensor& scale_b, const at::Tensor& out_b,
+                      const at::Tensor& amax_a, const at::Tensor& amax_b, const at::Tensor& alpha_out,
+                      const at::Tensor& shift_out) {
+  const fp4dist_cuda::PackedOperand b = packed_operand(data_b, scale_b, out_b, "decode_operand_b: operand B");
+  const float* am_a = optional_scalar(amax_a, data_b, "amax_a");
+  const float* am_b = optional_scalar(amax_b, data_b, "amax_b");
+  TORCH_CHECK(am_a != nullptr && am_b != nullptr, "decode_operand_b: amax_a and amax_b are required");
+  for (const at::Tensor* t : {&alpha_out, &shift_out}) {
+    TORCH_CHECK(t->is_cuda() && t->device() == data_b.device() && t->scalar_type() == at::kFloat && t->numel() >= 1,
+                "decode_operand_b: alpha_out and shift_out must be fp32 tensors on ", data_b.device());
+  }
+  const c10::cuda::CUDAGuard guard(data_b.device());
+  check_cuda(fp4dist_cuda::launch_decode_operand_b(dtype_code(out_b), b, am_a, am_b, alpha_out.data_ptr<float>(),
+                                                   shift_out.data_ptr<float>(),
+                                                   c10::cuda::getCurrentCUDAStream().stream()),
+             "decode_operand_b");
 }
 
 // The bytes of t's storage from t's first element on (what a byte offset into t may reach).
@@ -440,6 +478,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amax", &amax, "amax pass: out[0] = max|X|, out[1] = max|columnwise source|");
   m.def("dequantize", &dequantize, "NVFP4 dequantize of one layout (2-D, or 3-D slices)");
   m.def("decode_operands", &decode_operands, "a GEMM's two NVFP4 operands without global scales, alpha, shift");
+  m.def("decode_operand_b", &decode_operand_b, "a GEMM's operand B with the pair's shift, alpha, shift");
   m.def("swap_first_dims", &swap_first_dims, "parts [a, b, row_bytes] (strided slices) -> [b, a, row_bytes], one launch");
   m.def("check_trailers", &check_trailers, "all_gather_nvfp4's device check of the gathered trailers");
   pybind11::class_<GatherFinish>(m, "GatherFinish", "the end of a steady-state all_gather_nvfp4 in one call")

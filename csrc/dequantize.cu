@@ -6,50 +6,13 @@
 // so that each thread writes one 16-byte vector and a warp writes 512 contiguous bytes. An operand's codes and
 // scales may be G slices at any distance apart (rank-major pieces of one gathered buffer); its output is dense.
 
+#include "common/decode.cuh"
 #include "common/dtype_traits.cuh"
 #include "common/launch.cuh"
 #include "common/numerics.cuh"
 #include "fp4dist.h"
 
 namespace fp4dist_cuda {
-
-__constant__ float kE2M1[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
-                                -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
-
-template <typename O>
-struct DequantIO;
-template <>
-struct DequantIO<__nv_bfloat16> {
-  static constexpr int kG = 8;
-  using In = uint32_t;
-  __device__ static uint32_t pack(float a, float b) { return Tr<__nv_bfloat16>::round_pair(a, b); }
-};
-template <>
-struct DequantIO<__half> {
-  static constexpr int kG = 8;
-  using In = uint32_t;
-  __device__ static uint32_t pack(float a, float b) { return Tr<__half>::round_pair(a, b); }
-};
-template <>
-struct DequantIO<float> {
-  static constexpr int kG = 4;
-  using In = uint16_t;
-};
-
-template <typename O>
-__device__ __forceinline__ uint4 dequant_group(uint32_t codes, uint8_t s, float dec, const float* lut) {
-  constexpr int kG = DequantIO<O>::kG;
-  const float f = e4m3_to_float(s);
-  float v[kG];
-#pragma unroll
-  for (int i = 0; i < kG; ++i) v[i] = (lut[(codes >> (4 * i)) & 0xfu] * f) * dec;
-  if constexpr (kG == 4) {
-    return make_uint4(f2u(v[0]), f2u(v[1]), f2u(v[2]), f2u(v[3]));
-  } else {
-    return make_uint4(DequantIO<O>::pack(v[0], v[1]), DequantIO<O>::pack(v[2], v[3]),
-                      DequantIO<O>::pack(v[4], v[5]), DequantIO<O>::pack(v[6], v[7]));
-  }
-}
 
 // One operand of a decode launch, in groups of G codes (one output vector each). Group g of slice s reads code
 // bytes data + s * data_stride + g * G / 2 and the scale byte scale + s * scale_stride + g * G / 16.
@@ -152,7 +115,7 @@ __device__ __forceinline__ void decode_operand(const DecodeParams& p, const Deco
 template <typename O>
 __global__ void __launch_bounds__(256, 8) decode_kernel(const DecodeParams p) {
   __shared__ float lut[16];
-  if (threadIdx.x < 16) lut[threadIdx.x] = kE2M1[threadIdx.x];
+  if (threadIdx.x < 16) lut[threadIdx.x] = e2m1_value(threadIdx.x);
   __syncthreads();
   if (p.alpha_out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
     const GemmAlpha ga = gemm_alpha(*p.amax_a, *p.amax_b);
@@ -212,6 +175,17 @@ cudaError_t launch_dequantize(int out_dtype, const PackedOperand& a, const float
   p.op[0].dec = decode_scale;
   p.op[0].amax = amax;
   return launch_decode(out_dtype, p, &a, stream);
+}
+
+cudaError_t launch_decode_operand_b(int out_dtype, const PackedOperand& b, const float* amax_a, const float* amax_b,
+                                    float* alpha_out, float* shift_out, cudaStream_t stream) {
+  DecodeParams p{};
+  if (!empty(b)) p.op[p.count++].gemm_shift = 1;  // alpha and the shift are written in any case
+  p.amax_a = amax_a;
+  p.amax_b = amax_b;
+  p.alpha_out = alpha_out;
+  p.shift_out = shift_out;
+  return launch_decode(out_dtype, p, &b, stream);
 }
 
 cudaError_t launch_decode_operands(int out_dtype, const PackedOperand& a, const PackedOperand& b,

@@ -25,10 +25,15 @@ struct CastRng {
 // NVFP4 cast of X [m, n] (row-major) into the requested layouts, with the global scales from amax [2]
 // (rowwise, columnwise). rd [m, n/2] / rs [m, n/16] rowwise codes / E4M3 scales; cd [n, m/2] / cs [n, m/16]
 // columnwise (of X^T, or of RHT(X^T) with rht); all 16-byte aligned; null where not requested.
-// sr: stochastic rounding with the streams of rng (unused without sr).
+// sr: stochastic rounding with the streams of rng (unused without sr). rop [m, n] / cop [n, m] (X's dtype, 16-byte
+// aligned, or null): the rowwise / columnwise layout also written decoded, e2m1(code) * float(scale) as a GEMM
+// operand (the bits launch_dequantize gives with d = 1); only with 1x16 blocks and where cast_operands_fused says.
 cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,
-                        uint8_t* cd, uint8_t* cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
-                        const CastRng& rng, cudaStream_t stream);
+                        uint8_t* cd, uint8_t* cs, void* rop, void* cop, bool do_row, bool do_col, bool block_2d,
+                        bool rht, bool sr, const CastRng& rng, cudaStream_t stream);
+// Whether launch_cast can write decoded operands for X [m, n] of this dtype at x: the wide kernel's inputs (16-bit,
+// 16-byte aligned rows) with 1x16 blocks.
+bool cast_operands_fused(int dtype, const void* x, int64_t m, int64_t n, bool block_2d);
 
 // out: fp32 [2] (any contents: the launcher zeroes it on the stream first) = (max|X|, max|RHT(X^T)|) with
 // rht, (max|X|, max|X|) without; NaN propagates. An empty X gives (0, 0).
@@ -45,6 +50,13 @@ struct PackedOperand {
   int64_t data_stride, scale_stride;
   void* out;
 };
+
+// A GEMM's operand B decoded with the shift of gemm_alpha(*amax_a, *amax_b) (operand A came decoded from its cast,
+// launch_cast's rop / cop, without one): out = e2m1 * float(scale) * shift, and alpha_out[0] / shift_out[0] as in
+// launch_decode_operands. alpha * A @ out^T is then the product launch_decode_operands' operands give, bit for bit
+// (the power-of-two shift scales exact products either way).
+cudaError_t launch_decode_operand_b(int out_dtype, const PackedOperand& b, const float* amax_a, const float* amax_b,
+                                    float* alpha_out, float* shift_out, cudaStream_t stream);
 
 // out = e2m1(code) * float(scale) * d, rounded once to out_dtype, d = *decode_scale, else S_dec(*amax) = 1 / S_enc
 // (computed in the kernel), else (both null) 1.

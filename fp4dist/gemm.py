@@ -4,9 +4,10 @@ Each operand is one layout of an NVFP4Tensor decoded *without* its global scale,
 ``e2m1(code) * e4m3(scale)``: a value with at most 6 significant bits in [2^-10, 2688], exactly
 representable in bf16. The product is accumulated in fp32 and the two fp32 global decode scales
 are applied as alpha to the fp32 result, which is then rounded once to ``out_dtype``
-(:func:`fp4dist.format.gemm_alpha` moves a power of two from alpha into A where fp32 alpha would
-overflow). Two launches on a GPU: one decodes both operands and computes alpha on the device, one
-cuBLAS bf16 GEMM with fp32 accumulation reads alpha from device memory. No host sync.
+(:func:`fp4dist.format.gemm_alpha` moves a power of two from alpha into one operand where fp32 alpha
+would overflow). Two launches on a GPU: one decodes both operands (or, when A comes decoded from its
+cast, ``a_operand``, only B) and computes alpha on the device, one cuBLAS bf16 GEMM with fp32
+accumulation reads alpha from device memory. No host sync.
 
 * CPU (reference backend): fp32 matmul of the decoded operands.
 * CUDA (sm_90 and every GPU today): bf16 operands, cuBLAS.
@@ -77,11 +78,21 @@ def _check_operands(a, b, a_columnwise: bool, b_columnwise: bool) -> None:
         raise ValueError(f"nvfp4_gemm: operands are on {a.device} and {b.device}")
 
 
+def operand_dtype(out_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype nvfp4_gemm decodes its operands into for an ``out_dtype`` result on ``device``: out_dtype where it
+    is bf16 or fp16, else bf16 on a GPU and fp32 on a CPU (e2m1 * e4m3 values are exact in all three)."""
+    if device.type != "cuda":
+        return torch.float32
+    return out_dtype if out_dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
 def nvfp4_gemm(a: NVFP4Tensor, b: NVFP4Tensor, *, a_columnwise: bool = False, b_columnwise: bool = False,
-               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+               out_dtype: torch.dtype | None = None, a_operand: torch.Tensor | None = None) -> torch.Tensor:
     """C [M, N] = A @ B^T for A the chosen layout of ``a`` ([M, K]) and B that of ``b`` ([N, K]).
 
     Both layouts are blocked along K (the contraction dim). ``out_dtype`` defaults to ``a.dtype``.
+    ``a_operand``: A's layout already decoded ([M, K] in :func:`operand_dtype`, as
+    :meth:`NVFP4Quantizer.quantize_with_operands` returns it); only B is decoded then. Same bits either way.
     """
     _check_operands(a, b, a_columnwise, b_columnwise)
     out_dtype = out_dtype or a.dtype
@@ -95,7 +106,15 @@ def nvfp4_gemm(a: NVFP4Tensor, b: NVFP4Tensor, *, a_columnwise: bool = False, b_
         return _fp4_scaled_mm(a, a_columnwise, b, b_columnwise, out_dtype)
     backend = backends.select(a.backend, device)
     # e2m1 * e4m3 values lie in [2^-10, 2688] with <= 6 significant bits: exact in bf16 and in fp16
-    half = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-    op_dtype = half if device.type == "cuda" else torch.float32
-    a_op, b_op, alpha, _ = backend.decode_operands(a_data, a_scale, b_data, b_scale, a_amax, b_amax, op_dtype)
-    return backend.gemm(a_op, b_op, alpha, out_dtype)
+    op_dtype = operand_dtype(out_dtype, device)
+    if a_operand is None:
+        a_op, b_op, alpha, _ = backend.decode_operands(a_data, a_scale, b_data, b_scale, a_amax, b_amax, op_dtype)
+        return backend.gemm(a_op, b_op, alpha, out_dtype)
+    rows = a_data.shape[0] * a_data.shape[1] if a_data.dim() == 3 else a_data.shape[0]
+    if (tuple(a_operand.shape) != (rows, 2 * a_data.shape[-1]) or a_operand.dtype != op_dtype
+            or a_operand.device != device):
+        raise ValueError(f"nvfp4_gemm: a_operand must be A's layout decoded, a {op_dtype} tensor of shape "
+                         f"({rows}, {2 * a_data.shape[-1]}) on {device}, got {a_operand.dtype} "
+                         f"{tuple(a_operand.shape)} on {a_operand.device}")
+    b_op, alpha, _ = backend.decode_operand_b(b_data, b_scale, a_amax, b_amax, op_dtype)
+    return backend.gemm(a_operand, b_op, alpha, out_dtype)

@@ -165,6 +165,22 @@ class NVFP4Quantizer:
                 the shapes and dtypes of the class table, contiguous) that the result's components are
                 written into and become; a component not named is allocated.
         """
+        return self._quantize(x, amax, rng_offset, row_offset, rowwise, columnwise, out, None)[0]
+
+    def quantize_with_operands(self, x: torch.Tensor, *, operand_dtype: torch.dtype,
+                               amax: torch.Tensor | None = None, rng_offset: int | torch.Tensor = 0,
+                               row_offset: int = 0, rowwise: bool | None = None, columnwise: bool | None = None,
+                               operands: tuple[bool, bool] = (True, True)
+                               ) -> tuple[NVFP4Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`quantize`, and its layouts decoded as GEMM operands for
+        :func:`fp4dist.gemm.nvfp4_gemm`'s ``a_operand``: (tensor, rowwise operand [m, n], columnwise operand
+        [n, m]) in ``operand_dtype``, each value e2m1(code) * float(scale) (exact in bf16, fp16 and fp32), None
+        for a layout not made or not asked for in ``operands`` (rowwise, columnwise). On a GPU the cast kernel writes them in its own pass (bf16/fp16 input of the
+        operands' dtype with 1x16 blocks), so the GEMM reads them without a decode launch."""
+        return self._quantize(x, amax, rng_offset, row_offset, rowwise, columnwise, None, (operand_dtype, *operands))
+
+    def _quantize(self, x, amax, rng_offset, row_offset, rowwise, columnwise, out, operands):
+        """(NVFP4Tensor, rowwise operand, columnwise operand); operands: None, or (dtype, rowwise?, columnwise?)."""
         rowwise = self.rowwise if rowwise is None else rowwise
         columnwise = self.columnwise if columnwise is None else columnwise
         if not (rowwise or columnwise):
@@ -182,20 +198,28 @@ class NVFP4Quantizer:
         out = out or {}
         if set(out) - set(_CAST_OUTPUTS) - {"amax_rowwise", "amax_columnwise"}:
             raise ValueError(f"out takes NVFP4Tensor component names, got {sorted(out)}")
-        cast_out = {"out": tuple(out.get(k) for k in _CAST_OUTPUTS)} if out else {}
-        rd, rs, cd, cs = backend.cast(
-            x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=self.block_2d,
-            rht=self.rht and columnwise, stochastic_rounding=self.stochastic_rounding, seed=self.seed,
-            rng_offset=rng_offset, row_offset=row_offset, **cast_out)
+        kw = dict(rowwise=rowwise, columnwise=columnwise, block_2d=self.block_2d, rht=self.rht and columnwise,
+                  stochastic_rounding=self.stochastic_rounding, seed=self.seed, rng_offset=rng_offset,
+                  row_offset=row_offset)
+        rop = cop = None
+        if operands is None:
+            cast_out = {"out": tuple(out.get(k) for k in _CAST_OUTPUTS)} if out else {}
+            rd, rs, cd, cs = backend.cast(x2d, amax, **kw, **cast_out)
+        else:
+            dtype, want_row, want_col = operands
+            rd, rs, cd, cs, rop, cop = backend.cast_with_operands(
+                x2d, amax, **kw, operand_dtype=dtype, rowwise_operand=want_row and rowwise,
+                columnwise_operand=want_col and columnwise)
         amaxes = [None, None]
         for i, (k, present) in enumerate((("amax_rowwise", rowwise), ("amax_columnwise", columnwise))):
             if present:
                 amaxes[i] = out[k].copy_(amax[i]) if k in out else amax[i]
-        return NVFP4Tensor(
+        tensor = NVFP4Tensor(
             rowwise_data=rd, rowwise_scale_inv=rs, columnwise_data=cd, columnwise_scale_inv=cs,
             amax_rowwise=amaxes[0], amax_columnwise=amaxes[1],
             shape=x.shape, dtype=x.dtype, block_2d=self.block_2d, rht=self.rht and columnwise,
             backend=self.backend, stochastic_rounding=self.stochastic_rounding,
             seed=self.seed if self.stochastic_rounding else 0, rng_offset=rng_offset, row_offset=row_offset)
+        return tensor, rop, cop
 
     __call__ = quantize

@@ -709,6 +709,62 @@ def test_rht_overflow_amax_matches_reference(kern, gen, shape, dtype, infinities
     assert_same_floats(kern.compute_amax(x.cuda(), rht=True), want, f"amax {dtype} {shape} inf={infinities}")
 
 
+OPERAND_CASES = [
+    ((512, 1024), "both_rht_sr"), ((208, 400), "both_rht_sr"), ((1168, 1040), "both"), ((528, 1040), "both_rht"),
+    ((33, 48), "row_sr_off"), ((1040, 528), "row"), ((1040, 532), "col_rht_sr"), ((208, 400), "col"),
+    ((1040, 528), "both_2d"),   # 16x16 tiles: decoded after the cast
+    ((64, 36), "col_rht"),      # rows of 72 bytes: the 128-row kernel, decoded after the cast
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("shape,mode", OPERAND_CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else c)
+def test_cast_operands_are_the_decoded_layouts(kern, gen, shape, mode, dtype):
+    # the decoded operands a cast writes next to its codes (in the cast's pass for bf16/fp16 of their own dtype with
+    # 1x16 blocks, else by a decode after it) are the codes and scales decoded with d = 1, bit for bit (NaN and inf
+    # blocks included), in the operands' dtype; the codes and scales are the reference's
+    kw = dict(MODES[mode])
+    x = make_input(shape, dtype, gen)
+    amax = ref.compute_amax(x, rht=kw.get("rht", False) and kw["columnwise"])  # of the finite values
+    x[16 + 3, 5], x[1, 7] = float("nan"), float("inf")  # NaN blocks in both layouts, inf ones (saturating)
+    want = check_cast(kern, x, **kw, amax=amax)
+    xc, amax = x.cuda(), amax.cuda()
+    args = dict(rowwise=kw["rowwise"], columnwise=kw["columnwise"], block_2d=kw.get("block_2d", False),
+                rht=kw.get("rht", False), stochastic_rounding=kw.get("sr", False), seed=kw.get("seed", 0),
+                rng_offset=kw.get("rng_offset", 0), row_offset=kw.get("row_offset", 0))
+    for op_dtype in {dtype, torch.bfloat16}:
+        fused = kern.operands_fused(xc, args["block_2d"], op_dtype)
+        assert fused == (dtype == op_dtype and dtype != torch.float32 and not args["block_2d"] and shape[1] % 8 == 0)
+        *codes, rop, cop = kern.cast_with_operands(xc, amax, operand_dtype=op_dtype, **args)
+        for name, g, w in zip(NAMES, codes, want):
+            if w is None:
+                assert g is None, name
+            else:
+                assert_same_bits(g, w, f"{name} with operands ({mode}, {dtype}, fused={fused})")
+        for op, data, scale, what in ((rop, codes[0], codes[1], "rowwise"), (cop, codes[2], codes[3], "columnwise")):
+            if data is None:
+                assert op is None, what
+                continue
+            assert_same_bits(op, kern.dequantize(data, scale, None, op_dtype), f"{what} operand ({mode}, {dtype})")
+            assert_same_floats(op, ref.dequantize(data.cpu(), scale.cpu(), None, op_dtype),
+                               f"{what} operand vs reference ({mode}, {dtype})")
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+@pytest.mark.parametrize("big", [False, True], ids=["plain", "alpha_overflow"])
+def test_decode_operand_b_moves_the_shift_to_b(kern, gen, out_dtype, big):
+    # B decoded with gemm_alpha's shift (A comes decoded from its cast), alpha and shift as decode_operands gives them
+    b_data, b_scale = random_layout(16, 64, gen)
+    b_scale.view(torch.uint8).clamp_(max=0x7E)  # finite scales: B's values times 2^110 stay finite
+    amax = (1e38 * (1 + torch.rand(2, generator=gen))).float() if big else torch.rand(2, generator=gen) * 10
+    b_op, alpha, shift = kern.decode_operand_b(b_data.cuda(), b_scale.cuda(), amax[0].cuda(), amax[1].cuda(), out_dtype)
+    want_alpha, want_shift = fmt.gemm_alpha(amax[0], amax[1])
+    assert want_shift.item() == (2.0**110 if big else 1.0)
+    assert_same_floats(alpha, want_alpha, "alpha")
+    assert_same_floats(shift, want_shift, "shift")
+    assert_same_floats(b_op, ref.dequantize(b_data, b_scale, want_shift, out_dtype), "B times the shift")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=lambda d: str(d).split(".")[-1])
 def test_one_overflowing_chunk_among_ordinary_ones_sr(kern, gen, dtype):
     # the SR cast sends a whole warp down the overflow path when one of its lanes' chunks overflows; the warp's other

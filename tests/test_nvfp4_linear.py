@@ -155,3 +155,54 @@ def test_gemm_alpha_is_the_plain_product_when_it_fits(gen):
     alpha, shift = fmt.gemm_alpha(amax[0], amax[1])
     assert shift.item() == 1.0
     assert torch.equal(alpha, fmt.global_decode_scale(amax[0]) * fmt.global_decode_scale(amax[1]))
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtype, shape and bits (NaNs included)."""
+    ints = {2: torch.int16, 4: torch.int32}
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(ints[a.element_size()]),
+                                                                      b.view(ints[b.element_size()]))
+
+
+def check_gemm_with_cast_operands(device, gen):
+    # X and dY quantized with their layouts decoded by the cast; every GEMM of a linear with that operand A gives
+    # the bits of the GEMM that decodes both operands itself, for bf16 and fp32 outputs, and with amaxes whose
+    # S_dec product overflows fp32 (gemm_alpha's shift lands on B instead of A)
+    from fp4dist.gemm import operand_dtype
+
+    for big in (False, True):
+        x = torch.randn(96, 160, generator=gen) * 5
+        w = torch.randn(48, 160, generator=gen)
+        dy = torch.randn(96, 48, generator=gen)
+        if big:
+            x, w, dy = x / x.abs().max() * 1e38, w / w.abs().max() * 1e38, dy / dy.abs().max() * 1e38
+        x, dy, w = x.to(torch.bfloat16).to(device), dy.to(torch.bfloat16).to(device), w.to(device)
+        wq = NVFP4Quantizer(block_2d=True).quantize(w)
+        for out_dtype in (torch.bfloat16, torch.float32):
+            op = operand_dtype(out_dtype, x.device)
+            xq, x_row, x_col = NVFP4Quantizer(rht=True).quantize_with_operands(x, operand_dtype=op)
+            dyq, dy_row, dy_col = NVFP4Quantizer(rht=True, stochastic_rounding=True, seed=3).quantize_with_operands(
+                dy, operand_dtype=op, rng_offset=7)
+            for got, layout in ((x_row, xq.rowwise_data), (x_col, xq.columnwise_data), (dy_row, dyq.rowwise_data),
+                                (dy_col, dyq.columnwise_data)):
+                assert got.dtype == op and got.shape == (layout.shape[0], 2 * layout.shape[1])
+            if big:
+                assert torch.isinf(fmt.global_decode_scale(xq.amax_rowwise) * fmt.global_decode_scale(wq.amax_rowwise))
+            pairs = ((xq, wq, {}, x_row), (dyq, wq, dict(b_columnwise=True), dy_row),
+                     (dyq, xq, dict(a_columnwise=True, b_columnwise=True), dy_col))
+            for a, b, kw, a_op in pairs:
+                want = nvfp4_gemm(a, b, out_dtype=out_dtype, **kw)
+                got = nvfp4_gemm(a, b, out_dtype=out_dtype, a_operand=a_op, **kw)
+                assert same_bits(got, want), (device, big, out_dtype, kw)
+        with pytest.raises(ValueError, match="a_operand must be A's layout decoded"):
+            nvfp4_gemm(xq, wq, out_dtype=torch.float32, a_operand=x_row[:, :32])
+
+
+def test_gemm_with_cast_operands_gives_the_same_bits_cpu(gen):
+    check_gemm_with_cast_operands("cpu", gen)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gemm_with_cast_operands_gives_the_same_bits_cuda(gen, cuda_kernels):
+    check_gemm_with_cast_operands("cuda", gen)

@@ -9,10 +9,24 @@
 
 namespace fp4dist_cuda {
 
+namespace {
+bool wide_kernel_takes(int dtype, const void* x, int64_t m, int64_t n) {
+  // the wide kernel's bulk copies need 16-byte aligned rows; m, n < 2^31 - 512 keep its int math exact
+  return dtype != 2 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && (n * 2) % 16 == 0 && m <= 0x7fffffff - 512 &&
+         n <= 0x7fffffff - 512;
+}
+}  // namespace
+
+bool cast_operands_fused(int dtype, const void* x, int64_t m, int64_t n, bool block_2d) {
+  return (dtype == 0 || dtype == 1) && !block_2d && wide_kernel_takes(dtype, x, m, n);
+}
+
 cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,
-                        uint8_t* cd, uint8_t* cs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
-                        const CastRng& rng, cudaStream_t stream) {
+                        uint8_t* cd, uint8_t* cs, void* rop, void* cop, bool do_row, bool do_col, bool block_2d,
+                        bool rht, bool sr, const CastRng& rng, cudaStream_t stream) {
   if (dtype < 0 || dtype > 2) return cudaErrorInvalidValue;
+  if ((rop != nullptr && !do_row) || (cop != nullptr && !do_col)) return cudaErrorInvalidValue;
+  if ((rop != nullptr || cop != nullptr) && !cast_operands_fused(dtype, x, m, n, block_2d)) return cudaErrorInvalidValue;
   CastParams p{};
   p.x = x;
   p.m = m;
@@ -36,10 +50,7 @@ cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const fl
   const int64_t elem_size = dtype == 2 ? 4 : 2;
   p.vec_ok = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && ((n * elem_size) % 16 == 0);
   if (elem_size == 2) {
-    // the wide kernel's bulk copies need 16-byte aligned rows (vec_ok); m, n < 2^31 - 512 keep its int math exact
-    if (p.vec_ok && m <= 0x7fffffff - 512 && n <= 0x7fffffff - 512) {
-      return launch_cast_wide(dtype, p, keys, rht, sr, stream);
-    }
+    if (wide_kernel_takes(dtype, x, m, n)) return launch_cast_wide(dtype, p, keys, rht, sr, {rop, cop}, stream);
     p.group_rows = 8;
   }
   return launch_cast_tile(dtype, p, keys, rht, sr, stream);

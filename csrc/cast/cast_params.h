@@ -38,14 +38,26 @@ struct SrKeySource<true> {
   uint32_t stream_row, stream_col;
 };
 
+// The decoded operands a wide cast writes next to its codes (launch_cast's rop / cop): OperandOut<true> for the
+// kernels that can, the empty OperandOut<false> for the others (kept out of CastParams: two more fields there
+// change the register allocation of every cast kernel).
+template <bool kOps>
+struct OperandOut {};
+template <>
+struct OperandOut<true> {
+  void* rop;  // [m, n] in X's dtype, or null
+  void* cop;  // [n, m] in X's dtype, or null
+};
+
 // dtype: 0 bf16, 1 fp16, 2 fp32. p: everything but the fields each launcher sets itself (tile counts, the
 // vectorized-store flags, the tile order's shift); keys: used with sr.
 // The 128-row kernel: any dtype and alignment; p.group_rows tile rows per group of the tile order (0 or 1:
 // row-major).
 cudaError_t launch_cast_tile(int dtype, const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
                              cudaStream_t stream);
-// The wide kernel: bf16 / fp16 (dtype 0 / 1) only, with p.vec_ok and m, n <= 2^31 - 1 - 512.
+// The wide kernel: bf16 / fp16 (dtype 0 / 1) only, with p.vec_ok and m, n <= 2^31 - 1 - 512; ops: the decoded
+// operands (1x16 blocks only), null where not wanted.
 cudaError_t launch_cast_wide(int dtype, const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
-                             cudaStream_t stream);
+                             const OperandOut<true>& ops, cudaStream_t stream);
 
 }  // namespace fp4dist_cuda

@@ -22,6 +22,7 @@
 // rowwise scales, one per tile, are staged for the unit. Partial units (m or n not multiples of 512) compute on
 // stale shared memory where X ends and write only what lies inside X.
 
+#include "../common/decode.cuh"
 #include "../common/launch.cuh"
 #include "../common/ptx.cuh"
 #include "block_codes.cuh"
@@ -56,9 +57,11 @@ __device__ __forceinline__ void column_pair_sync(int j) {
   asm volatile("bar.sync %0, 64;" ::"r"(4 + j) : "memory");
 }
 
-template <typename T, bool RHT, bool SR, bool kBoth>
+// kOps: p.rop / p.cop may be set (the decoded operands); the kernels without them carry none of that code.
+template <typename T, bool RHT, bool SR, bool kBoth, bool kOps>
 __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const CastParams params,
-                                                                            const SrKeySource<SR> keys) {
+                                                                            const SrKeySource<SR> keys,
+                                                                            const OperandOut<kOps> ops) {
   CastParams keyed;  // SR: params with the keys of the key source (RN: params as they are, not copied)
   if constexpr (SR) keyed = with_stream_keys(params, keys);
   const CastParams& p = SR ? keyed : params;
@@ -111,8 +114,10 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
 
   const float senc_r = global_encode_scale(p.amax[0]);
   const float senc_c = global_encode_scale(p.amax[1]);
+  __shared__ float op_lut[16];  // E2M1 values by code, for the decoded operands
   if (tid < 256)
     etab[tid] = block_encode_scale(static_cast<uint8_t>(tid & 127), (tid < 128 ? 1.0f / senc_r : 1.0f / senc_c));
+  if (kOps && tid < 16) op_lut[tid] = e2m1_value(static_cast<uint32_t>(tid));
   compute_sync();
   const float k_row = senc_r * kInvSix, k_col = senc_c * kInvSix;
   const float* etab_r = etab;
@@ -147,6 +152,31 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
     if (2 * warp + i < rows && lane * 16 < cols) {
       *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;
       rs_p[i * sstride] = static_cast<uint8_t>(s);
+      if constexpr (kOps) {
+        if (ops.rop != nullptr) {
+          uint4* d = reinterpret_cast<uint4*>(static_cast<T*>(ops.rop) + static_cast<int64_t>(row + i) * n + C0 + lane * 16);
+          d[0] = dequant_group<T>(codes.x, static_cast<uint8_t>(s), 1.0f, op_lut);
+          d[1] = dequant_group<T>(codes.y, static_cast<uint8_t>(s), 1.0f, op_lut);
+        }
+      }
+    }
+  };
+  // The decoded columnwise operand of a column task (rows 16 g .. 16 g + 15 of the sub-tile at row r0, columns
+  // cpair, cpair + 1 of the unit at C0): 16 contiguous values per column of [n, m].
+  const auto emit_column_operand = [&](uint4 codes, uint32_t scales, int r0, int rows, int C0, int cols) {
+    if constexpr (kOps) {
+    if (ops.cop == nullptr || g * 16 >= rows) return;
+    T* base = static_cast<T*>(ops.cop) + static_cast<int64_t>(C0 + cpair) * m + r0 + g * 16;
+    if (cpair < cols) {
+      uint4* d = reinterpret_cast<uint4*>(base);
+      d[0] = dequant_group<T>(codes.x, static_cast<uint8_t>(scales), 1.0f, op_lut);
+      d[1] = dequant_group<T>(codes.y, static_cast<uint8_t>(scales), 1.0f, op_lut);
+    }
+    if (cpair + 1 < cols) {
+      uint4* d = reinterpret_cast<uint4*>(base + m);
+      d[0] = dequant_group<T>(codes.z, static_cast<uint8_t>(scales >> 8), 1.0f, op_lut);
+      d[1] = dequant_group<T>(codes.w, static_cast<uint8_t>(scales >> 8), 1.0f, op_lut);
+    }
     }
   };
   uint32_t seq = 0, chunk_seq = 0, unit_seq = 0;
@@ -202,6 +232,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         stage_column(stage, q, k, ccodes, cs2);
         emit_row(v[0], 0, bits_0, rs2 & 0xffu, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
         emit_row(v[1], 1, bits_1, rs2 >> 8, r0 + 2 * warp, rows, C0, cols, rd_p, rs_p);
+        emit_column_operand(ccodes, cs2, r0, rows, C0, cols);
       } else if (p.block_2d) {
         // ---- 16x16 tiles: lane group u = lane / 8 quantizes tile (g, 4 (warp % 8) + u) of the sub-tile from its
         // column task; its rowwise codes are the tile's codes transposed across the 8 lanes. No other warp
@@ -267,6 +298,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
                                   static_cast<uint32_t>(r0 + g * 16),
                                   static_cast<uint32_t>(C0 + cpair), lane, nullptr, codes, scales);
           stage_column(stage, q, k, codes, scales);
+          emit_column_operand(codes, scales, r0, rows, C0, cols);
         }
         if (p.do_row) {
           P v[2][8];
@@ -353,8 +385,9 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
 
 namespace {
 
-template <typename T, bool RHT, bool SR, bool kBoth>
-cudaError_t launch_cast_wide_t(const CastParams& p0, const SrKeySource<true>& keys, cudaStream_t stream) {
+template <typename T, bool RHT, bool SR, bool kBoth, bool kOps>
+cudaError_t launch_cast_wide_t(const CastParams& p0, const SrKeySource<true>& keys, const OperandOut<true>& ops,
+                               cudaStream_t stream) {
   CastParams p = p0;
   // Rows per unit: 512 keeps every columnwise scale write a whole 32-byte sector, but a tensor of few units
   // leaves SMs idle (8192 x 1024 is 32 units of 512 rows). Take the unit height whose waves of units (one CTA per
@@ -369,7 +402,7 @@ cudaError_t launch_cast_wide_t(const CastParams& p0, const SrKeySource<true>& ke
   p.num_tiles = static_cast<uint32_t>(units);
   p.col_scale_vec = p.do_col && (p.m % 256 == 0) && (reinterpret_cast<uintptr_t>(p.cs) % 16 == 0);
   p.col_data_vec = p.do_col && (p.m % 32 == 0) && (reinterpret_cast<uintptr_t>(p.cd) % 16 == 0);
-  auto kern = cast_wide_kernel<T, RHT, SR, kBoth>;
+  auto kern = cast_wide_kernel<T, RHT, SR, kBoth, kOps>;
   static bool ready[kMaxDevices] = {};  // the shared-memory attribute is per device
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -381,36 +414,43 @@ cudaError_t launch_cast_wide_t(const CastParams& p0, const SrKeySource<true>& ke
     ready[dev] = true;
   }
   const int64_t grid = units < sms ? units : sms;
-  kern<<<static_cast<unsigned>(grid), wide::kThreads, wide::kSmemBytes, stream>>>(p, key_source<SR>(keys));
+  OperandOut<kOps> out{};
+  if constexpr (kOps) out = ops;
+  kern<<<static_cast<unsigned>(grid), wide::kThreads, wide::kSmemBytes, stream>>>(p, key_source<SR>(keys), out);
   return cudaGetLastError();
 }
 
-template <typename T, bool kBoth>
+template <typename T, bool kBoth, bool kOps>
 cudaError_t launch_cast_wide_b(const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
-                               cudaStream_t stream) {
+                               const OperandOut<true>& ops, cudaStream_t stream) {
   if (rht) {
-    return sr ? launch_cast_wide_t<T, true, true, kBoth>(p, keys, stream)
-              : launch_cast_wide_t<T, true, false, kBoth>(p, keys, stream);
+    return sr ? launch_cast_wide_t<T, true, true, kBoth, kOps>(p, keys, ops, stream)
+              : launch_cast_wide_t<T, true, false, kBoth, kOps>(p, keys, ops, stream);
   }
-  return sr ? launch_cast_wide_t<T, false, true, kBoth>(p, keys, stream)
-            : launch_cast_wide_t<T, false, false, kBoth>(p, keys, stream);
+  return sr ? launch_cast_wide_t<T, false, true, kBoth, kOps>(p, keys, ops, stream)
+            : launch_cast_wide_t<T, false, false, kBoth, kOps>(p, keys, ops, stream);
 }
 
 // Casts to both layouts with 1x16 blocks take the kBoth path.
 template <typename T>
 cudaError_t launch_cast_wide_dtype(const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
-                                   cudaStream_t stream) {
-  if (p.do_row && p.do_col && !p.block_2d) return launch_cast_wide_b<T, true>(p, keys, rht, sr, stream);
-  return launch_cast_wide_b<T, false>(p, keys, rht, sr, stream);
+                                   const OperandOut<true>& ops, cudaStream_t stream) {
+  const bool with_ops = ops.rop != nullptr || ops.cop != nullptr;  // never with 16x16 tiles (launch_cast)
+  if (p.do_row && p.do_col && !p.block_2d) {
+    return with_ops ? launch_cast_wide_b<T, true, true>(p, keys, rht, sr, ops, stream)
+                    : launch_cast_wide_b<T, true, false>(p, keys, rht, sr, ops, stream);
+  }
+  return with_ops ? launch_cast_wide_b<T, false, true>(p, keys, rht, sr, ops, stream)
+                  : launch_cast_wide_b<T, false, false>(p, keys, rht, sr, ops, stream);
 }
 
 }  // namespace
 
 cudaError_t launch_cast_wide(int dtype, const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
-                             cudaStream_t stream) {
+                             const OperandOut<true>& ops, cudaStream_t stream) {
   switch (dtype) {
-    case 0: return launch_cast_wide_dtype<__nv_bfloat16>(p, keys, rht, sr, stream);
-    case 1: return launch_cast_wide_dtype<__half>(p, keys, rht, sr, stream);
+    case 0: return launch_cast_wide_dtype<__nv_bfloat16>(p, keys, rht, sr, ops, stream);
+    case 1: return launch_cast_wide_dtype<__half>(p, keys, rht, sr, ops, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -35,6 +35,15 @@ class Backend(Protocol):
         int or an int64 tensor of one element on x's device (read there: no host sync). ``out=`` optionally
         holds preallocated contiguous tensors for the four results (None where not given), which are returned."""
 
+    def cast_with_operands(self, x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool,
+                           block_2d: bool, rht: bool, stochastic_rounding: bool, seed: int,
+                           rng_offset: int | torch.Tensor, row_offset: int, operand_dtype: torch.dtype,
+                           rowwise_operand: bool = True, columnwise_operand: bool = True):
+        """cast's four results and the cast layouts decoded as GEMM operands: (rd, rs, cd, cs, rowwise_operand
+        [m, n], columnwise_operand [n, m]) in ``operand_dtype``, e2m1(code) * float(scale) (what dequantize gives
+        with d = 1), None where not cast or not asked for. The CUDA kernels write the operands in the cast's own pass where they can
+        (bf16/fp16 X of the operands' dtype, 16-byte aligned rows, 1x16 blocks), else decode them after it."""
+
     def dequantize(self, data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
                    out_dtype: torch.dtype, *, amax: torch.Tensor | None = None) -> torch.Tensor:
         """[rows, 2 * row_bytes]: e2m1(code) * float(scale) * d, d = decode_scale, or S_dec(amax) computed where
@@ -43,6 +52,11 @@ class Backend(Protocol):
     def decode_operands(self, a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype):
         """(A, B, alpha, shift): both GEMM operands decoded without their global scale (exact in bf16), A
         times ``shift``, and fp32 ``alpha`` (see :func:`fp4dist.format.gemm_alpha`)."""
+
+    def decode_operand_b(self, b_data, b_scale, amax_a, amax_b, out_dtype):
+        """(B, alpha, shift) for a GEMM whose operand A came decoded from its cast (cast_with_operands, without a
+        shift): B decoded times ``shift``; alpha * A @ B^T equals the product of decode_operands' results bit for
+        bit (a power-of-two shift scales the same exact products wherever it is applied)."""
 
     def gemm(self, a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor,
              out_dtype: torch.dtype) -> torch.Tensor:

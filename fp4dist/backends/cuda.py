@@ -178,14 +178,16 @@ def _check_rng_offset(rng_offset, device: torch.device) -> None:
 
 def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
          rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int,
-         out=None, streams: tuple[int, int] | None = None):
+         out=None, streams: tuple[int, int] | None = None, operands=None):
     """Quantize X [m, n] into the requested layouts (see reference.cast); ``out`` may hold preallocated
     (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv), None where not requested.
 
     Stochastic rounding draws from (seed, rng_offset, stream) (fp4dist/rng.py), streams = (rowwise, columnwise)
     defaulting to ``rng.layout_streams(block_2d)``. ``rng_offset`` is an int (the keys are computed here) or a
     one-element int64 tensor on x2d's device, read by the kernels themselves (its 64 bits are the offset): the
-    host never waits for it.
+    host never waits for it. ``operands``: (rowwise [m, n], columnwise [n, m]) tensors of x2d's dtype, None where
+    not wanted, that the kernel also writes the decoded layouts into (GEMM operands, see cast_with_operands); only
+    where :func:`operands_fused` holds.
     """
     _check_x(x2d)
     m, n = x2d.shape
@@ -220,9 +222,12 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
         cs = _out_or_new(o[3], (n, m // 16), torch.float8_e4m3fn, dev, "columnwise_scale_inv")
     if x2d.numel():
         empty = _empty(dev, torch.uint8)
+        rop, cop = operands if operands is not None else (None, None)
+        no_op = _empty(dev, x2d.dtype)
         args = (_aligned(x2d), amax,
                 rd if rd is not None else empty, rs.view(torch.uint8) if rs is not None else empty,
                 cd if cd is not None else empty, cs.view(torch.uint8) if cs is not None else empty,
+                rop if rop is not None else no_op, cop if cop is not None else no_op,
                 bool(rowwise), bool(columnwise), bool(block_2d), bool(rht), bool(stochastic_rounding))
         if stochastic_rounding and isinstance(rng_offset, torch.Tensor):
             _kernels().cast_device_key(*args, _int64_bits(seed), rng_offset, stream_row, stream_col,
@@ -234,6 +239,42 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
                 key_col = rng.stream_key(seed, rng_offset, stream_col)
             _kernels().cast(*args, key_row, key_col, int(row_offset) & 0xFFFFFFFF)
     return rd, rs, cd, cs
+
+
+_WIDE_LIMIT = 0x7FFFFFFF - 512
+
+
+def operands_fused(x2d: torch.Tensor, block_2d: bool, operand_dtype: torch.dtype) -> bool:
+    """Whether the cast kernel itself can write x2d's decoded layouts in ``operand_dtype`` (csrc's
+    cast_operands_fused, which the kernels check again): the wide kernel's inputs (bf16/fp16, rows of a multiple of
+    16 bytes; x2d is made 16-byte aligned by the cast) with 1x16 blocks, operands of x2d's own dtype."""
+    m, n = x2d.shape
+    return (operand_dtype == x2d.dtype and x2d.dtype in (torch.bfloat16, torch.float16) and not block_2d
+            and n % 8 == 0 and m <= _WIDE_LIMIT and n <= _WIDE_LIMIT)
+
+
+def cast_with_operands(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
+                       rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor,
+                       row_offset: int, operand_dtype: torch.dtype, rowwise_operand: bool = True,
+                       columnwise_operand: bool = True, out=None):
+    """:func:`cast` and the cast layouts decoded as GEMM operands (reference.cast_with_operands): in the cast's own
+    pass where :func:`operands_fused` holds, else by a dequantize launch per layout after it."""
+    _check_x(x2d)
+    _check_out_dtype(operand_dtype)
+    m, n = x2d.shape
+    kw = dict(rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht,
+              stochastic_rounding=stochastic_rounding, seed=seed, rng_offset=rng_offset, row_offset=row_offset,
+              out=out)
+    want_row, want_col = rowwise and rowwise_operand, columnwise and columnwise_operand
+    if operands_fused(x2d, block_2d, operand_dtype):
+        rop = torch.empty((m, n), dtype=operand_dtype, device=x2d.device) if want_row else None
+        cop = torch.empty((n, m), dtype=operand_dtype, device=x2d.device) if want_col else None
+        rd, rs, cd, cs = cast(x2d, amax, operands=(rop, cop), **kw)
+        return rd, rs, cd, cs, rop, cop
+    rd, rs, cd, cs = cast(x2d, amax, **kw)
+    rop = dequantize(rd, rs, None, operand_dtype) if want_row else None
+    cop = dequantize(cd, cs, None, operand_dtype) if want_col else None
+    return rd, rs, cd, cs, rop, cop
 
 
 def _check_out_dtype(out_dtype: torch.dtype) -> None:
@@ -337,6 +378,22 @@ def decode_operands(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.T
                                _scalar_or_empty(amax_a, dev, "amax_a"), _scalar_or_empty(amax_b, dev, "amax_b"),
                                alpha, shift)
     return a_op, b_op, alpha.reshape(()), shift.reshape(())
+
+
+def decode_operand_b(b_data: torch.Tensor, b_scale: torch.Tensor, amax_a: torch.Tensor, amax_b: torch.Tensor,
+                     out_dtype: torch.dtype):
+    """(b_op, alpha, shift) for a GEMM whose operand A came decoded from its cast (cast_with_operands): B decoded
+    times gemm_alpha's shift, alpha and the shift as fp32 0-dim tensors, in one launch (decode_operands with the
+    shift on B; the product alpha * A @ B^T is the same bits)."""
+    _check_out_dtype(out_dtype)
+    b_data, b_scale, b_rows, b_bytes = _packed(b_data, b_scale, "decode_operand_b: operand B")
+    dev = b_data.device
+    b_op = torch.empty((b_rows, b_bytes * 2), dtype=out_dtype, device=dev)
+    alpha = torch.empty(1, dtype=torch.float32, device=dev)
+    shift = torch.empty(1, dtype=torch.float32, device=dev)
+    _kernels().decode_operand_b(b_data, b_scale, b_op, _scalar_or_empty(amax_a, dev, "amax_a"),
+                                _scalar_or_empty(amax_b, dev, "amax_b"), alpha, shift)
+    return b_op, alpha.reshape(()), shift.reshape(())
 
 
 def swap_first_dims(t: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,11 @@ without graph breaks. The module-level functions below are the :class:`fp4dist.b
 | op                           | inputs                                   | outputs                              |
 | fp4dist::amax                | x [m, n] bf16/fp16/fp32                  | fp32 [2]                             |
 | fp4dist::cast                | x, amax fp32 [2], rng_offset int64 [1]   | writes the four layout tensors       |
+| fp4dist::cast_operands       | as cast, and the operands' dtype         | writes the four, returns the decoded |
+|                              |                                          | rowwise [m, n] / columnwise [n, m]   |
 | fp4dist::dequantize          | codes uint8 [r, k/2], scales [r, k/16]   | [r, k] in out_dtype                  |
 | fp4dist::decode_operands     | two (codes, scales), two amaxes          | A, B (out_dtype), alpha, shift fp32  |
+| fp4dist::decode_operand_b    | B's (codes, scales), two amaxes          | B * shift (out_dtype), alpha, shift  |
 | fp4dist::gemm                | A [M, K], B [N, K], alpha fp32 [1]       | [M, N] in out_dtype                  |
 | fp4dist::swap_first_dims     | t [a, b, ...]                            | [b, a, ...]                          |
 | fp4dist::swap_first_dims_parts | bytes, parts [a, b_k, R_k] (strided)   | uint8: the parts as [b_k, a, R_k]    |
@@ -64,6 +67,35 @@ def _(x2d, amax, rng_offset, rowwise_data, rowwise_scale, columnwise_data, colum
     return None
 
 
+@torch.library.custom_op("fp4dist::cast_operands",
+                         mutates_args=("rowwise_data", "rowwise_scale", "columnwise_data", "columnwise_scale"),
+                         device_types="cuda")
+def _cast_operands(x2d: torch.Tensor, amax: torch.Tensor, rng_offset: torch.Tensor | None,
+                   rowwise_data: torch.Tensor, rowwise_scale: torch.Tensor, columnwise_data: torch.Tensor,
+                   columnwise_scale: torch.Tensor, rowwise: bool, columnwise: bool, block_2d: bool, rht: bool,
+                   stochastic_rounding: bool, seed: int, rng_offset_int: int, row_offset: int,
+                   operand_dtype: torch.dtype, rowwise_operand: bool, columnwise_operand: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    *_, rop, cop = cuda.cast_with_operands(
+        x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht,
+        stochastic_rounding=stochastic_rounding, seed=seed % _U64,
+        rng_offset=rng_offset if rng_offset is not None else rng_offset_int, row_offset=row_offset,
+        operand_dtype=operand_dtype, rowwise_operand=rowwise_operand, columnwise_operand=columnwise_operand,
+        out=(rowwise_data if rowwise else None, rowwise_scale if rowwise else None,
+             columnwise_data if columnwise else None, columnwise_scale if columnwise else None))
+    none = x2d.new_empty(0, dtype=operand_dtype)
+    return (rop if rop is not None else none), (cop if cop is not None else none.clone())
+
+
+@_cast_operands.register_fake
+def _(x2d, amax, rng_offset, rowwise_data, rowwise_scale, columnwise_data, columnwise_scale, rowwise, columnwise,
+      block_2d, rht, stochastic_rounding, seed, rng_offset_int, row_offset, operand_dtype, rowwise_operand,
+      columnwise_operand):
+    m, n = x2d.shape
+    return (x2d.new_empty((m, n) if rowwise and rowwise_operand else (0,), dtype=operand_dtype),
+            x2d.new_empty((n, m) if columnwise and columnwise_operand else (0,), dtype=operand_dtype))
+
+
 @torch.library.custom_op("fp4dist::dequantize", mutates_args=(), device_types="cuda")
 def _dequantize(data: torch.Tensor, scale_inv: torch.Tensor, amax: torch.Tensor | None,
                 out_dtype: torch.dtype) -> torch.Tensor:
@@ -87,6 +119,18 @@ def _(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype):
     a = a_data.new_empty((_decoded_rows(a_data), 2 * a_data.shape[-1]), dtype=out_dtype)
     b = b_data.new_empty((_decoded_rows(b_data), 2 * b_data.shape[-1]), dtype=out_dtype)
     return a, b, a_data.new_empty((), dtype=torch.float32), a_data.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("fp4dist::decode_operand_b", mutates_args=(), device_types="cuda")
+def _decode_operand_b(b_data: torch.Tensor, b_scale: torch.Tensor, amax_a: torch.Tensor, amax_b: torch.Tensor,
+                      out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return cuda.decode_operand_b(b_data, b_scale, amax_a, amax_b, out_dtype)
+
+
+@_decode_operand_b.register_fake
+def _(b_data, b_scale, amax_a, amax_b, out_dtype):
+    b = b_data.new_empty((_decoded_rows(b_data), 2 * b_data.shape[-1]), dtype=out_dtype)
+    return b, b_data.new_empty((), dtype=torch.float32), b_data.new_empty((), dtype=torch.float32)
 
 
 @torch.library.custom_op("fp4dist::gemm", mutates_args=(), device_types="cuda")
@@ -168,6 +212,36 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
             cs if columnwise else None)
 
 
+def cast_with_operands(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
+                       rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor,
+                       row_offset: int, operand_dtype: torch.dtype, rowwise_operand: bool = True,
+                       columnwise_operand: bool = True):
+    """As :meth:`Backend.cast_with_operands`."""
+    if not torch.compiler.is_compiling():
+        return cuda.cast_with_operands(x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht,
+                                       stochastic_rounding=stochastic_rounding, seed=seed, rng_offset=rng_offset,
+                                       row_offset=row_offset, operand_dtype=operand_dtype,
+                                       rowwise_operand=rowwise_operand, columnwise_operand=columnwise_operand)
+    m, n = x2d.shape
+    new = lambda shape, dtype: torch.empty(shape, dtype=dtype, device=x2d.device)
+    empty = new((0,), torch.uint8)
+    rd = new((m, n // 2), torch.uint8) if rowwise else empty
+    rs = new((m, n // 16), torch.float8_e4m3fn) if rowwise else empty
+    cd = new((n, m // 2), torch.uint8) if columnwise else empty
+    cs = new((n, m // 16), torch.float8_e4m3fn) if columnwise else empty
+    offset_t = rng_offset if isinstance(rng_offset, torch.Tensor) else None
+    offset_i = 0 if offset_t is not None else int(rng_offset)
+    rop, cop = torch.ops.fp4dist.cast_operands(x2d, amax, offset_t, rd, rs, cd, cs, rowwise, columnwise, block_2d,
+                                               rht, stochastic_rounding, _signed64(seed), _signed64(offset_i),
+                                               row_offset, operand_dtype, rowwise_operand, columnwise_operand)
+    if not rowwise:
+        rd = rs = None
+    if not columnwise:
+        cd = cs = None
+    return (rd, rs, cd, cs, rop if rowwise and rowwise_operand else None,
+            cop if columnwise and columnwise_operand else None)
+
+
 def dequantize(data, scale_inv, decode_scale, out_dtype, *, amax=None):
     if decode_scale is not None:  # an explicit decode scale: the plain launcher (not traced as an op)
         return cuda.dequantize(data, scale_inv, decode_scale, out_dtype)
@@ -180,6 +254,12 @@ def decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype)
     if not torch.compiler.is_compiling():
         return cuda.decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype)
     return torch.ops.fp4dist.decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype)
+
+
+def decode_operand_b(b_data, b_scale, amax_a, amax_b, out_dtype):
+    if not torch.compiler.is_compiling():
+        return cuda.decode_operand_b(b_data, b_scale, amax_a, amax_b, out_dtype)
+    return torch.ops.fp4dist.decode_operand_b(b_data, b_scale, amax_a, amax_b, out_dtype)
 
 
 def gemm(a_op, b_op, alpha, out_dtype):

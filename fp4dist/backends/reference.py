@@ -96,6 +96,21 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
     return tuple(_into(o, v, k) for o, v, k in zip(out, (*row_out, *col_out), names))
 
 
+def cast_with_operands(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
+                       rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor,
+                       row_offset: int, operand_dtype: torch.dtype, rowwise_operand: bool = True,
+                       columnwise_operand: bool = True):
+    """cast's four results and the layouts decoded as GEMM operands, e2m1(code) * float(scale) in ``operand_dtype``
+    (rowwise [m, n], columnwise [n, m]): (rd, rs, cd, cs, rowwise_operand, columnwise_operand), None where not
+    cast or not asked for."""
+    rd, rs, cd, cs = cast(x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht,
+                          stochastic_rounding=stochastic_rounding, seed=seed, rng_offset=rng_offset,
+                          row_offset=row_offset)
+    rop = dequantize(rd, rs, None, operand_dtype) if rowwise and rowwise_operand else None
+    cop = dequantize(cd, cs, None, operand_dtype) if columnwise and columnwise_operand else None
+    return rd, rs, cd, cs, rop, cop
+
+
 def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
                out_dtype: torch.dtype, *, amax: torch.Tensor | None = None) -> torch.Tensor:
     if data.dim() == 3:  # [G, R, row_bytes] slices of a gathered buffer
@@ -115,6 +130,12 @@ def decode_operands(a_data, a_scale, b_data, b_scale, amax_a, amax_b, out_dtype)
     b_op = dequantize(b_data, b_scale, None, out_dtype)
     alpha, shift = fmt.gemm_alpha(amax_a, amax_b)
     return (a_op * shift).to(out_dtype), b_op, alpha, shift
+
+
+def decode_operand_b(b_data, b_scale, amax_a, amax_b, out_dtype):
+    b_op = dequantize(b_data, b_scale, None, torch.float32)
+    alpha, shift = fmt.gemm_alpha(amax_a, amax_b)
+    return (b_op * shift).to(out_dtype), alpha, shift
 
 
 def gemm(a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:

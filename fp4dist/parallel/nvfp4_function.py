@@ -24,8 +24,10 @@ checkpointing frees and recomputes them; a second backward without ``retain_grap
 own error). Layouts no GEMM will read are not produced: without grad, X and W are quantized rowwise
 only (so any number of rows works in eval), and dY skips the layout of a gradient nobody asked for.
 On a GPU a linear costs 12 launches: forward amax + cast of X and of W (the amax launches include their
-output's 8-byte memset), one decode of both operands, one GEMM; backward amax + cast of dY and twice
-(decode pair, GEMM). Autocast is off inside: NVFP4 GEMMs keep their own precision (the semantics of
+output's 8-byte memset), one decode, one GEMM; backward amax + cast of dY and twice (decode, GEMM). The
+activation side of each GEMM (X's rowwise layout of a local X, both layouts of dY) is decoded by its cast
+kernel in the same pass (``quantize_with_operands``), so each decode launch decodes only the other operand
+(W's layouts, X's columnwise one; a gathered X's rowwise layout). Autocast is off inside: NVFP4 GEMMs keep their own precision (the semantics of
 ``torch.amp.custom_fwd`` / ``custom_bwd`` with the input cast to the autocast dtype).
 """
 
@@ -38,7 +40,7 @@ import torch.distributed as dist
 
 from fp4dist.distributed import all_gather_nvfp4
 from fp4dist.gather_buffer import quantize_for_gather
-from fp4dist.gemm import nvfp4_gemm
+from fp4dist.gemm import nvfp4_gemm, operand_dtype
 from fp4dist.parallel.comm import group_size, reduce_scatter_dim0
 from fp4dist.quantizer import NVFP4Quantizer, RowBlocks, pad_last_dim, pad_matrix
 from fp4dist.tensor import NVFP4Tensor
@@ -67,18 +69,24 @@ class GatheredInput:
     seq_dim: int = 0
 
 
-def quantize_input(quantizer: NVFP4Quantizer, x: torch.Tensor, group, columnwise: bool):
-    """(Xq, rows): X [..., K] quantized (rowwise, and columnwise when asked), gathered in NVFP4 along
+def quantize_input(quantizer: NVFP4Quantizer, x: torch.Tensor, group, columnwise: bool,
+                   operand_dtype: torch.dtype | None = None):
+    """(Xq, rows, X_op): X [..., K] quantized (rowwise, and columnwise when asked), gathered in NVFP4 along
     dim 0 over ``group`` when given. Starts the gather and returns a handle in place of Xq then
-    (``.wait()`` gives it)."""
+    (``.wait()`` gives it). X_op: without a group and with ``operand_dtype``, the rowwise layout decoded by the
+    cast as the forward GEMM's operand A; else None (a gathered X is decoded at the GEMM)."""
     k = x.shape[-1]
     x2d = pad_last_dim(x.reshape(-1, k))
     rows = RowBlocks.of(group_size(group), x2d.shape[0], pad=columnwise)
     x2d = rows.pad_shard(x2d)
+    if group is None and operand_dtype is not None:
+        xq, x_op, _ = quantizer.quantize_with_operands(x2d, operand_dtype=operand_dtype, columnwise=columnwise,
+                                                       operands=(True, False))
+        return xq, rows, x_op
     if group is None:
-        return quantizer.quantize(x2d, columnwise=columnwise), rows
+        return quantizer.quantize(x2d, columnwise=columnwise), rows, None
     local = quantize_for_gather(quantizer, x2d, group, columnwise=columnwise)
-    return all_gather_nvfp4(local, group, async_op=True), rows
+    return all_gather_nvfp4(local, group, async_op=True), rows, None
 
 
 def _quantize_weight(cfg: NVFP4LinearConfig, weight: torch.Tensor, columnwise: bool) -> NVFP4Tensor:
@@ -88,8 +96,10 @@ def _quantize_weight(cfg: NVFP4LinearConfig, weight: torch.Tensor, columnwise: b
 
 def _forward(x, weight, cfg, gathered, need_dx, need_dw):
     """(Y [..., N], Xq, Wq, rows): the forward GEMM and its operands (module docstring)."""
+    x_op = None  # X's rowwise layout decoded by its cast (a local X only)
     if gathered is None:
-        xq, rows = quantize_input(cfg.input_quantizer, x, cfg.sp_group, columnwise=need_dw)
+        xq, rows, x_op = quantize_input(cfg.input_quantizer, x, cfg.sp_group, columnwise=need_dw,
+                                        operand_dtype=operand_dtype(x.dtype, x.device))
         lead = x.shape[:-1] if cfg.sp_group is None else (rows.groups * x.shape[0], *x.shape[1:-1])
     else:
         xq, rows, lead = gathered.xq, gathered.rows, x.shape[:-1]
@@ -99,7 +109,7 @@ def _forward(x, weight, cfg, gathered, need_dx, need_dw):
     wq = _quantize_weight(cfg, weight, columnwise=need_dx)
     if not isinstance(xq, NVFP4Tensor):
         xq = xq.wait()  # the gather ran while W was quantized
-    y = nvfp4_gemm(xq, wq, out_dtype=x.dtype)[:, :weight.shape[0]]
+    y = nvfp4_gemm(xq, wq, out_dtype=x.dtype, a_operand=x_op)[:, :weight.shape[0]]
     return rows.unpad(y).reshape(*lead, weight.shape[0]), xq, wq, rows
 
 
@@ -136,14 +146,20 @@ class NVFP4LinearFunction(torch.autograd.Function):
         dx = dw = None
         with torch.autocast(dy.device.type, enabled=False):
             dy2d = rows.pad(pad_last_dim(dy.reshape(-1, n)))  # N and (for wgrad) the rows padded as X's
-            dyq = cfg.grad_quantizer.quantize(dy2d, rng_offset=rng_offset, rowwise=need_dx, columnwise=need_dw)
+            # dY's layouts decoded by its cast, for the GEMMs whose operand A they are (one dtype for both)
+            dgrad_dtype, wgrad_dtype = operand_dtype(dy.dtype, dy.device), operand_dtype(wq.dtype, dy.device)
+            op_dtype = dgrad_dtype if need_dx else wgrad_dtype
+            dyq, dy_row_op, dy_col_op = cfg.grad_quantizer.quantize_with_operands(
+                dy2d, operand_dtype=op_dtype, rng_offset=rng_offset, rowwise=need_dx, columnwise=need_dw,
+                operands=(True, wgrad_dtype == op_dtype))
             if need_dx:
-                dx = nvfp4_gemm(dyq, wq, b_columnwise=True, out_dtype=dy.dtype)[:, :k]
+                dx = nvfp4_gemm(dyq, wq, b_columnwise=True, out_dtype=dy.dtype, a_operand=dy_row_op)[:, :k]
                 dx = rows.unpad(dx).reshape(*lead, k)
                 if ctx.reduce_dx:
                     dx = reduce_scatter_dim0(dx, cfg.sp_group)
             if need_dw:
-                dw = nvfp4_gemm(dyq, xq, a_columnwise=True, b_columnwise=True, out_dtype=wq.dtype)[:n, :k]
+                dw = nvfp4_gemm(dyq, xq, a_columnwise=True, b_columnwise=True, out_dtype=wq.dtype,
+                                a_operand=dy_col_op)[:n, :k]
         return dx, dw, None, None, None
 
 
