@@ -51,7 +51,8 @@ void* operand_ptr(const at::Tensor& op, const at::Tensor& x, int64_t rows, int64
   TORCH_CHECK(op.device() == x.device() && op.scalar_type() == x.scalar_type() && op.is_contiguous() &&
                   op.dim() == 2 && op.size(0) == rows && op.size(1) == cols &&
                   reinterpret_cast<uintptr_t>(op.data_ptr()) % 16 == 0,
-              name, " must be a contiguous, 16-byte aligned [", rows, ", ", cols, "] tensor of x's dtype on x's device");
+              name, " must be a contiguous, 16-byte aligned [", rows, ", ", cols,
+              "] tensor of x's dtype on x's device");
   return op.data_ptr();
 }
 
@@ -106,7 +107,8 @@ void cast(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, con
 // rng_offset (read by the kernels, never by the host) and the two streams.
 void cast_device_key(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
                      const at::Tensor& cd, const at::Tensor& cs, const at::Tensor& rop, const at::Tensor& cop,
-                     bool do_row, bool do_col, bool block_2d, bool rht, bool sr, int64_t seed, const at::Tensor& rng_offset, int64_t stream_row, int64_t stream_col,
+                     bool do_row, bool do_col, bool block_2d, bool rht, bool sr, int64_t seed,
+                     const at::Tensor& rng_offset, int64_t stream_row, int64_t stream_col,
                      int64_t row_offset) {
   TORCH_CHECK(rng_offset.is_cuda() && rng_offset.device() == x.device() && rng_offset.scalar_type() == at::kLong &&
                   rng_offset.numel() == 1,

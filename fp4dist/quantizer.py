@@ -175,8 +175,9 @@ class NVFP4Quantizer:
         """:meth:`quantize`, and its layouts decoded as GEMM operands for
         :func:`fp4dist.gemm.nvfp4_gemm`'s ``a_operand``: (tensor, rowwise operand [m, n], columnwise operand
         [n, m]) in ``operand_dtype``, each value e2m1(code) * float(scale) (exact in bf16, fp16 and fp32), None
-        for a layout not made or not asked for in ``operands`` (rowwise, columnwise). On a GPU the cast kernel writes them in its own pass (bf16/fp16 input of the
-        operands' dtype with 1x16 blocks), so the GEMM reads them without a decode launch."""
+        for a layout not made or not asked for in ``operands`` (rowwise, columnwise). On a GPU the cast kernel
+        writes them in its own pass (bf16/fp16 input of the operands' dtype with 1x16 blocks), so the GEMM reads
+        them without a decode launch."""
         return self._quantize(x, amax, rng_offset, row_offset, rowwise, columnwise, None, (operand_dtype, *operands))
 
     def _quantize(self, x, amax, rng_offset, row_offset, rowwise, columnwise, out, operands):

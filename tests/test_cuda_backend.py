@@ -718,7 +718,8 @@ OPERAND_CASES = [
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("shape,mode", OPERAND_CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else c)
+@pytest.mark.parametrize("shape,mode", OPERAND_CASES,
+                         ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else c)
 def test_cast_operands_are_the_decoded_layouts(kern, gen, shape, mode, dtype):
     # the decoded operands a cast writes next to its codes (in the cast's pass for bf16/fp16 of their own dtype with
     # 1x16 blocks, else by a decode after it) are the codes and scales decoded with d = 1, bit for bit (NaN and inf

@@ -26,7 +26,9 @@ cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const fl
                         bool rht, bool sr, const CastRng& rng, cudaStream_t stream) {
   if (dtype < 0 || dtype > 2) return cudaErrorInvalidValue;
   if ((rop != nullptr && !do_row) || (cop != nullptr && !do_col)) return cudaErrorInvalidValue;
-  if ((rop != nullptr || cop != nullptr) && !cast_operands_fused(dtype, x, m, n, block_2d)) return cudaErrorInvalidValue;
+  if ((rop != nullptr || cop != nullptr) && !cast_operands_fused(dtype, x, m, n, block_2d)) {
+    return cudaErrorInvalidValue;
+  }
   CastParams p{};
   p.x = x;
   p.m = m;

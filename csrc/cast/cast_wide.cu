@@ -154,7 +154,8 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
       rs_p[i * sstride] = static_cast<uint8_t>(s);
       if constexpr (kOps) {
         if (ops.rop != nullptr) {
-          uint4* d = reinterpret_cast<uint4*>(static_cast<T*>(ops.rop) + static_cast<int64_t>(row + i) * n + C0 + lane * 16);
+          T* row_p = static_cast<T*>(ops.rop) + static_cast<int64_t>(row + i) * n;
+          uint4* d = reinterpret_cast<uint4*>(row_p + C0 + lane * 16);
           d[0] = dequant_group<T>(codes.x, static_cast<uint8_t>(s), 1.0f, op_lut);
           d[1] = dequant_group<T>(codes.y, static_cast<uint8_t>(s), 1.0f, op_lut);
         }

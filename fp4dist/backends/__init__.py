@@ -41,8 +41,9 @@ class Backend(Protocol):
                            rowwise_operand: bool = True, columnwise_operand: bool = True):
         """cast's four results and the cast layouts decoded as GEMM operands: (rd, rs, cd, cs, rowwise_operand
         [m, n], columnwise_operand [n, m]) in ``operand_dtype``, e2m1(code) * float(scale) (what dequantize gives
-        with d = 1), None where not cast or not asked for. The CUDA kernels write the operands in the cast's own pass where they can
-        (bf16/fp16 X of the operands' dtype, 16-byte aligned rows, 1x16 blocks), else decode them after it."""
+        with d = 1), None where not cast or not asked for. The CUDA kernels write the operands in the cast's own
+        pass where they can (bf16/fp16 X of the operands' dtype, 16-byte aligned rows, 1x16 blocks), else decode
+        them after it."""
 
     def dequantize(self, data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
                    out_dtype: torch.dtype, *, amax: torch.Tensor | None = None) -> torch.Tensor:
