@@ -200,6 +200,22 @@ void dequantize(const at::Tensor& data, const at::Tensor& scale, const at::Tenso
              "dequantize");
 }
 
+// The amaxes (both required) and the alpha / shift outputs of a GEMM pair's decode launch, checked against
+// `like`'s device; what: the launch's name, shift_name: its shift output's name. Returns the amax pointers.
+std::pair<const float*, const float*> gemm_pair_scalars(const at::Tensor& amax_a, const at::Tensor& amax_b,
+                                                        const at::Tensor& alpha_out, const at::Tensor& shift_out,
+                                                        const at::Tensor& like, const char* what,
+                                                        const char* shift_name) {
+  const float* am_a = optional_scalar(amax_a, like, "amax_a");
+  const float* am_b = optional_scalar(amax_b, like, "amax_b");
+  TORCH_CHECK(am_a != nullptr && am_b != nullptr, what, ": amax_a and amax_b are required");
+  for (const at::Tensor* t : {&alpha_out, &shift_out}) {
+    TORCH_CHECK(t->is_cuda() && t->device() == like.device() && t->scalar_type() == at::kFloat && t->numel() >= 1,
+                what, ": alpha_out and ", shift_name, " must be fp32 tensors on ", like.device());
+  }
+  return {am_a, am_b};
+}
+
 void decode_operands(const at::Tensor& data_a, const at::Tensor& scale_a, const at::Tensor& out_a,
                      const at::Tensor& data_b, const at::Tensor& scale_b, const at::Tensor& out_b,
                      const at::Tensor& amax_a, const at::Tensor& amax_b, const at::Tensor& alpha_out,
@@ -208,13 +224,8 @@ void decode_operands(const at::Tensor& data_a, const at::Tensor& scale_a, const 
   const fp4dist_cuda::PackedOperand b = packed_operand(data_b, scale_b, out_b, "decode_operands: operand B");
   TORCH_CHECK(data_b.device() == data_a.device() && out_a.scalar_type() == out_b.scalar_type(),
               "decode_operands: both operands on one device, both outputs of one dtype");
-  const float* am_a = optional_scalar(amax_a, data_a, "amax_a");
-  const float* am_b = optional_scalar(amax_b, data_a, "amax_b");
-  TORCH_CHECK(am_a != nullptr && am_b != nullptr, "decode_operands: amax_a and amax_b are required");
-  for (const at::Tensor* t : {&alpha_out, &a_shift_out}) {
-    TORCH_CHECK(t->is_cuda() && t->device() == data_a.device() && t->scalar_type() == at::kFloat && t->numel() >= 1,
-                "decode_operands: alpha_out and a_shift_out must be fp32 tensors on ", data_a.device());
-  }
+  const auto [am_a, am_b] =
+      gemm_pair_scalars(amax_a, amax_b, alpha_out, a_shift_out, data_a, "decode_operands", "a_shift_out");
   const c10::cuda::CUDAGuard guard(data_a.device());
   check_cuda(fp4dist_cuda::launch_decode_operands(dtype_code(out_a), a, b, am_a, am_b, alpha_out.data_ptr<float>(),
                                                   a_shift_out.data_ptr<float>(),
@@ -227,13 +238,8 @@ void decode_operand_b(const at::Tensor& data_b, const at::Tensor& scale_b, const
                       const at::Tensor& amax_a, const at::Tensor& amax_b, const at::Tensor& alpha_out,
                       const at::Tensor& shift_out) {
   const fp4dist_cuda::PackedOperand b = packed_operand(data_b, scale_b, out_b, "decode_operand_b: operand B");
-  const float* am_a = optional_scalar(amax_a, data_b, "amax_a");
-  const float* am_b = optional_scalar(amax_b, data_b, "amax_b");
-  TORCH_CHECK(am_a != nullptr && am_b != nullptr, "decode_operand_b: amax_a and amax_b are required");
-  for (const at::Tensor* t : {&alpha_out, &shift_out}) {
-    TORCH_CHECK(t->is_cuda() && t->device() == data_b.device() && t->scalar_type() == at::kFloat && t->numel() >= 1,
-                "decode_operand_b: alpha_out and shift_out must be fp32 tensors on ", data_b.device());
-  }
+  const auto [am_a, am_b] =
+      gemm_pair_scalars(amax_a, amax_b, alpha_out, shift_out, data_b, "decode_operand_b", "shift_out");
   const c10::cuda::CUDAGuard guard(data_b.device());
   check_cuda(fp4dist_cuda::launch_decode_operand_b(dtype_code(out_b), b, am_a, am_b, alpha_out.data_ptr<float>(),
                                                    shift_out.data_ptr<float>(),

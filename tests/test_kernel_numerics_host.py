@@ -42,25 +42,29 @@ def probe(tmp_path_factory):
     return ask
 
 
+def run_host_check(name: str, tmp_path: Path, timeout: int) -> str:
+    """Builds and runs tests/host/<name>.cu; its stdout, after asserting a zero exit status."""
+    exe = build(HOST / f"{name}.cu", tmp_path / name)
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout
+
+
 @needs_nvcc
 def test_fast_rn_path_matches_the_general_rounding_on_the_host(tmp_path):
-    exe = build(HOST / "fast_rn_check.cu", tmp_path / "fast_rn_check")
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr
+    out = run_host_check("fast_rn_check", tmp_path, timeout=600)
     # every fp32 |a| < 7 (1,088,421,888 values) and the random blocks, with no mismatch
-    assert "magnitudes: 1088421888 values x 2 signs, 0 mismatches" in run.stdout, run.stdout
-    assert run.stdout.count(" 0 mismatches") == 3, run.stdout
+    assert "magnitudes: 1088421888 values x 2 signs, 0 mismatches" in out, out
+    assert out.count(" 0 mismatches") == 3, out
 
 
 @needs_nvcc
 def test_fast_sr_rounding_matches_the_stepwise_rounding_on_the_host(tmp_path):
-    exe = build(HOST / "fast_sr_check.cu", tmp_path / "fast_sr_check")
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout + run.stderr
+    out = run_host_check("fast_sr_check", tmp_path, timeout=900)
     # every fp32 in [0, 6] (1,086,324,737 values) with the draws either side of its threshold, specials, the hash
     # forms and random blocks, with no mismatch
-    assert "magnitudes: 1086324737 values x 3 draws, 0 mismatches" in run.stdout, run.stdout
-    assert run.stdout.count(" 0 mismatches") == 4, run.stdout
+    assert "magnitudes: 1086324737 values x 3 draws, 0 mismatches" in out, out
+    assert out.count(" 0 mismatches") == 4, out
 
 
 @needs_nvcc

@@ -18,7 +18,7 @@ bool wide_kernel_takes(int dtype, const void* x, int64_t m, int64_t n) {
 }  // namespace
 
 bool cast_operands_fused(int dtype, const void* x, int64_t m, int64_t n, bool block_2d) {
-  return (dtype == 0 || dtype == 1) && !block_2d && wide_kernel_takes(dtype, x, m, n);
+  return !block_2d && wide_kernel_takes(dtype, x, m, n);
 }
 
 cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,

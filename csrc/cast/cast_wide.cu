@@ -57,7 +57,7 @@ __device__ __forceinline__ void column_pair_sync(int j) {
   asm volatile("bar.sync %0, 64;" ::"r"(4 + j) : "memory");
 }
 
-// kOps: p.rop / p.cop may be set (the decoded operands); the kernels without them carry none of that code.
+// kOps: ops.rop / ops.cop may be set (the decoded operands); the kernels without them carry none of that code.
 template <typename T, bool RHT, bool SR, bool kBoth, bool kOps>
 __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const CastParams params,
                                                                             const SrKeySource<SR> keys,
@@ -166,18 +166,18 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   // cpair, cpair + 1 of the unit at C0): 16 contiguous values per column of [n, m].
   const auto emit_column_operand = [&](uint4 codes, uint32_t scales, int r0, int rows, int C0, int cols) {
     if constexpr (kOps) {
-    if (ops.cop == nullptr || g * 16 >= rows) return;
-    T* base = static_cast<T*>(ops.cop) + static_cast<int64_t>(C0 + cpair) * m + r0 + g * 16;
-    if (cpair < cols) {
-      uint4* d = reinterpret_cast<uint4*>(base);
-      d[0] = dequant_group<T>(codes.x, static_cast<uint8_t>(scales), 1.0f, op_lut);
-      d[1] = dequant_group<T>(codes.y, static_cast<uint8_t>(scales), 1.0f, op_lut);
-    }
-    if (cpair + 1 < cols) {
-      uint4* d = reinterpret_cast<uint4*>(base + m);
-      d[0] = dequant_group<T>(codes.z, static_cast<uint8_t>(scales >> 8), 1.0f, op_lut);
-      d[1] = dequant_group<T>(codes.w, static_cast<uint8_t>(scales >> 8), 1.0f, op_lut);
-    }
+      if (ops.cop == nullptr || g * 16 >= rows) return;
+      T* base = static_cast<T*>(ops.cop) + static_cast<int64_t>(C0 + cpair) * m + r0 + g * 16;
+      if (cpair < cols) {
+        uint4* d = reinterpret_cast<uint4*>(base);
+        d[0] = dequant_group<T>(codes.x, static_cast<uint8_t>(scales), 1.0f, op_lut);
+        d[1] = dequant_group<T>(codes.y, static_cast<uint8_t>(scales), 1.0f, op_lut);
+      }
+      if (cpair + 1 < cols) {
+        uint4* d = reinterpret_cast<uint4*>(base + m);
+        d[0] = dequant_group<T>(codes.z, static_cast<uint8_t>(scales >> 8), 1.0f, op_lut);
+        d[1] = dequant_group<T>(codes.w, static_cast<uint8_t>(scales >> 8), 1.0f, op_lut);
+      }
     }
   };
   uint32_t seq = 0, chunk_seq = 0, unit_seq = 0;
