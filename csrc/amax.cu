@@ -1,7 +1,9 @@
 // amax pass: out[0] = max|X|, out[1] = max|columnwise source| (with rht: RHT(X^T) rounded to X's dtype, with the
 // overflow rule of cast/rht_source.cuh; else max|X| again), fp32, NaN propagating.
 //   amax_kernel<T>            max|X| (grid-stride, 16-byte loads, one atomicMax per CTA)
-//   amax_rht_kernel<T, V>     max|X| and max|RHT(X^T)| (16-row strips, V columns per thread)
+//   amax_rht_kernel<T, kPairs> max|X| and max|RHT(X^T)| (16-row strips, one thread per two columns of a strip)
+
+#include <algorithm>
 
 #include "common/dtype_traits.cuh"
 #include "common/launch.cuh"
@@ -76,46 +78,36 @@ __global__ void __launch_bounds__(256) amax_kernel(const T* x, int64_t numel, in
 }
 
 // Rowwise amax and the amax of RHT(X^T) (the columnwise source, rht_source.cuh: rounded to T, or on the overflow
-// path fp32 values, chunks with an infinity left out), from 16-row x V-column strips.
-template <typename T, int V>
-__global__ void __launch_bounds__(256) amax_rht_kernel(const T* x, int64_t m, int64_t n, float* out) {
+// path fp32 values, chunks with an infinity left out). Thread t of CTA (bx, by) takes column task bx * 256 + t (two
+// adjacent columns, or with kPairs false one column as a task of that column twice) in the 16-row strips by,
+// by + gridDim.y, ...: a warp's 16 row loads are 128 (256 for fp32) contiguous bytes each.
+template <typename T, bool kPairs>
+__global__ void __launch_bounds__(256, 4) amax_rht_kernel(const T* x, int64_t m, int64_t n, float* out) {
   using TT = Tr<T>;
   using P = typename TT::P;
-  const int64_t groups = m / 16, ncv = n / V, items = groups * ncv;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t strips = m / 16, tasks = kPairs ? n / 2 : n;
+  const int64_t task = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   uint32_t row_bits = 0, col_bits = 0;
-  // one task (two columns of a 16-row strip): its inputs' and its source's maxima
-  auto task = [&](P (&pairs)[16]) {
-    float a[16], b[16];
-    uint32_t in_a, in_b, bits_a, bits_b;
-    rht_column_source<T>(pairs, a, b, in_a, in_b, bits_a, bits_b);
-    row_bits = max_u32(row_bits, max_u32(in_a, in_b));
-    col_bits = max_u32(col_bits, max_u32(rht_chunk_amax_bits(in_a, bits_a), rht_chunk_amax_bits(in_b, bits_b)));
-  };
-  for (int64_t it = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; it < items; it += stride) {
-    const int64_t g = it / ncv, cv = it - g * ncv;
-    const T* base = x + (g * 16) * n + cv * V;
-    if constexpr (V * sizeof(T) == 16) {
-      uint4 raw[16];
-#pragma unroll
-      for (int k = 0; k < 16; ++k) raw[k] = __ldg(reinterpret_cast<const uint4*>(base + k * n));
-      constexpr int kPairs = V / 2;
-#pragma unroll
-      for (int q = 0; q < kPairs; ++q) {
-        P pairs[16];
-#pragma unroll
-        for (int k = 0; k < 16; ++k) pairs[k] = reinterpret_cast<const P*>(&raw[k])[q];
-        task(pairs);
-      }
-    } else {
-      // scalar fallback: one column per item, as a task of that column twice (exact: the values are T's)
+  if (task < tasks) {
+    for (int64_t s = blockIdx.y; s < strips; s += gridDim.y) {
       P pairs[16];
+      if constexpr (kPairs) {
+        const P* base = reinterpret_cast<const P*>(x + s * 16 * n) + task;
+        const int64_t row = n / 2;
 #pragma unroll
-      for (int k = 0; k < 16; ++k) {
-        const float v = TT::load1(base + k * n);
-        pairs[k] = TT::round_pair(v, v);
+        for (int k = 0; k < 16; ++k) pairs[k] = __ldg(base + k * row);
+      } else {
+        const T* base = x + s * 16 * n + task;
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+          const float v = TT::load1(base + k * n);
+          pairs[k] = TT::round_pair(v, v);  // exact: v is a T
+        }
       }
-      task(pairs);
+      uint32_t in_a, in_b, amax_a, amax_b;
+      rht_column_amax<T>(pairs, in_a, in_b, amax_a, amax_b);
+      row_bits = max_u32(row_bits, max_u32(in_a, in_b));
+      col_bits = max_u32(col_bits, max_u32(amax_a, amax_b));
     }
   }
   block_max_atomic(row_bits, col_bits, out);
@@ -132,12 +124,20 @@ cudaError_t launch_amax_t(const void* xv, int64_t m, int64_t n, bool rht, float*
   if (!rht) {
     const int grid = grid_for((numel + kVec - 1) / kVec, 256, 8);
     amax_kernel<T><<<grid, 256, 0, stream>>>(x, numel, aligned ? 1 : 0, out);
-  } else if (aligned && n % kVec == 0) {
-    const int grid = grid_for((m / 16) * (n / kVec), 256, 4);
-    amax_rht_kernel<T, kVec><<<grid, 256, 0, stream>>>(x, m, n, out);
   } else {
-    const int grid = grid_for((m / 16) * n, 256, 4);
-    amax_rht_kernel<T, 1><<<grid, 256, 0, stream>>>(x, m, n, out);
+    // 256 column tasks per CTA; strips spread over CTAs until about 8 per SM, then grid-strided
+    const bool pairs = n % 2 == 0 && reinterpret_cast<uintptr_t>(x) % (2 * sizeof(T)) == 0;
+    const int64_t tasks = pairs ? n / 2 : n, strips = m / 16;
+    if (strips == 0) return cudaSuccess;
+    const int64_t gx = (tasks + 255) / 256;
+    if (gx > 0x7fffffffLL) return cudaErrorInvalidValue;
+    const int64_t gy = std::max<int64_t>(1, std::min<int64_t>({strips, 65535, (sm_count() * 8 + gx - 1) / gx}));
+    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+    if (pairs) {
+      amax_rht_kernel<T, true><<<grid, 256, 0, stream>>>(x, m, n, out);
+    } else {
+      amax_rht_kernel<T, false><<<grid, 256, 0, stream>>>(x, m, n, out);
+    }
   }
   return cudaGetLastError();
 }

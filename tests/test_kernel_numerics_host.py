@@ -131,8 +131,9 @@ def _rht_chunks(gen, dtype, count):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("sr", [False, True])
 def test_device_rht_overflow_path_matches_the_reference(probe, gen, dtype, sr):
-    # the kernels' columnwise RHT task (csrc/cast/rht_source.cuh and wide_column_codes) on the CPU against
-    # fp4dist.rht.columnwise_source / columnwise_amax and the reference quantization of that source, bit for bit
+    # the kernels' columnwise RHT task (csrc/cast/rht_source.cuh and wide_column_codes) and the amax pass's rule
+    # (rht_column_amax) on the CPU against fp4dist.rht.columnwise_source / columnwise_amax and the reference
+    # quantization of that source, bit for bit
     from fp4dist import rht as rht_mod
     from fp4dist.backends import reference as ref
 
@@ -152,7 +153,8 @@ def test_device_rht_overflow_path_matches_the_reference(probe, gen, dtype, sr):
     wide_seen = 0
     for i, (line, c, src, a) in enumerate(zip(answers, chunks, sources, amaxes)):
         got = [int(v) for v in line.split()]
-        wide, amax_part, scale, code_lo, code_hi, values = got[0], got[1], got[2], got[3], got[4], got[5:]
+        wide, amax_part, scale, code_lo, code_hi, values = got[0], got[1], got[2], got[3], got[4], got[5:21]
+        pass_parts = got[21:]
         wide_seen += wide
         case = (i, c.tolist(), line)
         want_values = src.view(torch.int32).long() & 0xFFFFFFFF
@@ -165,6 +167,15 @@ def test_device_rht_overflow_path_matches_the_reference(probe, gen, dtype, sr):
             assert (amax_part & 0x7FFFFFFF) > 0x7F800000, case
         else:
             assert amax_part == want_amax.view(torch.int32).item(), case
+        # the amax pass's rule (one rounding per column) gives the same bits as the cast task's source maxima, for
+        # the chunk and for it in reverse row order as the second column of its task
+        assert pass_parts[0] == amax_part, case
+        flipped = c.flip(0)
+        want_flipped = rht_mod.columnwise_amax(rht_mod.columnwise_source(flipped[None]), flipped[None])
+        if torch.isnan(want_flipped):
+            assert (pass_parts[1] & 0x7FFFFFFF) > 0x7F800000, case
+        else:
+            assert pass_parts[1] == want_flipped.view(torch.int32).item(), case
         bits = None
         if sr:
             bits = rng.random_bits(key, torch.arange(16)[None] + row0, torch.full((1, 16), col))

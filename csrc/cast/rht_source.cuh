@@ -80,6 +80,23 @@ FP4_HD bool rht_column_source(typename Tr<T>::P (&raw)[16], float (&a)[16], floa
   return wide;
 }
 
+// The task's part in the amax pass, rounding two values rather than 32: in_a, in_b = max|input| of each column, and the
+// column's part in the RHT'd columnwise amax (rht_chunk_amax_bits of its source maximum), as fp32 magnitude bits.
+// The source value of a transformed value y, round-to-T(y) where finite, else y saturated (rht_wide_value), is odd
+// and non-decreasing in y, so the source maximum is that rule applied once, to max|y| (NaN bits winning as before).
+template <typename T>
+FP4_HD void rht_column_amax(const typename Tr<T>::P (&inputs)[16], uint32_t& in_a, uint32_t& in_b, uint32_t& amax_a,
+                            uint32_t& amax_b) {
+  using TT = Tr<T>;
+  float a[16], b[16];
+  rht_column_fp32<T>(inputs, a, b, in_a, in_b);
+  const float ya = u2f(max_mag_bits(a)), yb = u2f(max_mag_bits(b));
+  const typename TT::P rounded = TT::round_pair(ya, yb);
+  const float va = rht_wide_value(ya, TT::first(rounded), true), vb = rht_wide_value(yb, TT::second(rounded), true);
+  amax_a = rht_chunk_amax_bits(in_a, f2u(va) & 0x7fffffffu);
+  amax_b = rht_chunk_amax_bits(in_b, f2u(vb) & 0x7fffffffu);
+}
+
 // Codes of one column of an overflow-path task (element k in nibble k): values v, encode scale e; the SR word of row
 // k is mix32(mix32(key ^ (row0 + k)) ^ col), row0 = row_offset + the task's first row (as column_codes draws).
 template <bool SR>

@@ -6,7 +6,8 @@
 //                            1 fp16, 2 fp32), inputs V (fp32 bits of values exact in D), quantized with the fp32
 //                            amax bits AMAX, RN (SR 0) or SR with stream key KEY at rows ROW0.., column COL ->
 //                            overflow path (0/1), its part in the amax, scale byte, codes (2 words), the 16 source
-//                            values (fp32 bits), decimal
+//                            values (fp32 bits), then the amax pass's parts (rht_column_amax) of the chunk and of
+//                            the chunk in reverse row order, taken as one task, decimal
 // Unknown queries print "?". No GPU needed.
 #include "../../csrc/cast/rht_source.cuh"
 #include "../../csrc/common/numerics.cuh"
@@ -17,7 +18,8 @@
 
 // One chunk as the cast kernels' columnwise task takes it (the chunk in both columns of the pair): the spec's path
 // (rht_column_rounded, codes by quantize16_fn from the rounded values) or the overflow path (rht_column_wide,
-// wide_column_codes), and the amax pass's part (rht_chunk_amax_bits).
+// wide_column_codes), and the amax pass's part (rht_chunk_amax_bits); then the amax pass's own rule
+// (rht_column_amax) on a task of two different columns.
 template <typename T>
 bool rht_query(const uint32_t (&v)[16], uint32_t amax_bits, bool sr, uint32_t key, uint32_t row0, uint32_t col) {
   using namespace fp4dist_cuda;
@@ -44,7 +46,11 @@ bool rht_query(const uint32_t (&v)[16], uint32_t amax_bits, bool sr, uint32_t ke
   std::printf("%d %" PRIu32 " %u %" PRIu32 " %" PRIu32, wide ? 1 : 0, rht_chunk_amax_bits(in_a, bits_a),
               static_cast<unsigned>(s), q.x, q.y);
   for (int k = 0; k < 16; ++k) std::printf(" %" PRIu32, f2u(a[k]));
-  std::printf("\n");
+  typename TT::P task[16];
+  for (int k = 0; k < 16; ++k) task[k] = TT::round_pair(u2f(v[k]), u2f(v[15 - k]));
+  uint32_t pass_in_a, pass_in_b, pass_a, pass_b;
+  rht_column_amax<T>(task, pass_in_a, pass_in_b, pass_a, pass_b);
+  std::printf(" %" PRIu32 " %" PRIu32 "\n", pass_a, pass_b);
   return true;
 }
 
