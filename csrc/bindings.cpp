@@ -477,6 +477,97 @@ void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alph
   TORCH_CHECK(status == 0, "gemm_alpha: cublasGemmEx failed with status ", status);
 }
 
+// ---- The eager NVFP4 linear (fp4dist/parallel/nvfp4_function.py, its eager path): forward and backward of
+// Y = X W^T at TP=1, each in one call, with the launches and arguments of the Python path (amax, cast with the
+// activation side's operands, cast of W, decode of the other operand, GEMM), so the same bits at a fraction of the
+// host time. The Python side checks that a call qualifies (shapes multiples of 16, aligned contiguous inputs, the
+// recipe's layouts); these checks guard the kernels' bounds as everywhere else.
+
+at::Tensor empty_like_opts(const at::Tensor& like, at::IntArrayRef shape, at::ScalarType dtype) {
+  return at::empty(shape, like.options().dtype(dtype));
+}
+
+// forward: x [m, k] (bf16/fp16), w [n, k]; X's columnwise layout (RHT when x_rht) only with need_dw, W's
+// columnwise layout only with need_dx. Returns (y [m, n] in x's dtype, X columnwise data, scales, amax [1],
+// W columnwise data, scales, amax [1]); layouts not made are empty tensors.
+std::vector<at::Tensor> linear_forward(const at::Tensor& x, const at::Tensor& w, bool need_dx, bool need_dw,
+                                       bool x_rht, bool w_block_2d) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear_forward: x [m, k] and w [n, k]");
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  const at::ScalarType u8 = at::kByte, e4m3 = at::kFloat8_e4m3fn, f32 = at::kFloat;
+  const at::Tensor none = empty_like_opts(x, {0}, u8), no_x = empty_like_opts(x, {0}, x.scalar_type());
+  const at::Tensor no_w = empty_like_opts(w, {0}, w.scalar_type());
+  // X: amax, then rowwise codes with the GEMM's operand A and (wgrad) the columnwise layout
+  const at::Tensor amax_x = empty_like_opts(x, {2}, f32);
+  amax(x, amax_x, x_rht && need_dw);
+  const at::Tensor x_rd = empty_like_opts(x, {m, k / 2}, u8), x_rs = empty_like_opts(x, {m, k / 16}, e4m3);
+  const at::Tensor x_cd = need_dw ? empty_like_opts(x, {k, m / 2}, u8) : none;
+  const at::Tensor x_cs = need_dw ? empty_like_opts(x, {k, m / 16}, e4m3) : none;
+  const at::Tensor x_op = empty_like_opts(x, {m, k}, x.scalar_type());
+  cast(x, amax_x, x_rd, x_rs, x_cd, x_cs, x_op, no_x, true, need_dw, false, x_rht && need_dw, false, 0, 0, 0);
+  // W: amax, codes (rowwise, and for dgrad columnwise)
+  const at::Tensor amax_w = empty_like_opts(w, {2}, f32);
+  amax(w, amax_w, false);
+  const at::Tensor w_rd = empty_like_opts(w, {n, k / 2}, u8), w_rs = empty_like_opts(w, {n, k / 16}, e4m3);
+  const at::Tensor w_cd = need_dx ? empty_like_opts(w, {k, n / 2}, u8) : none;
+  const at::Tensor w_cs = need_dx ? empty_like_opts(w, {k, n / 16}, e4m3) : none;
+  cast(w, amax_w, w_rd, w_rs, w_cd, w_cs, no_w, no_w, true, need_dx, w_block_2d, false, false, 0, 0, 0);
+  // Y = alpha * X_op @ W_op^T, W decoded with the pair's shift
+  const at::Tensor w_op = empty_like_opts(x, {n, k}, x.scalar_type());
+  const at::Tensor alpha = empty_like_opts(x, {1}, f32), shift = empty_like_opts(x, {1}, f32);
+  decode_operand_b(w_rd, w_rs, w_op, amax_x.narrow(0, 0, 1), amax_w.narrow(0, 0, 1), alpha, shift);
+  const at::Tensor y = empty_like_opts(x, {m, n}, x.scalar_type());
+  gemm_alpha(x_op, w_op, alpha, y);
+  return {y, x_cd, x_cs, amax_x.narrow(0, 1, 1), w_cd, w_cs, amax_w.narrow(0, 1, 1)};
+}
+
+// backward: dy [m, n] (x's dtype) and the saved columnwise layouts of X ([k, m / 2], [k, m / 16], amax [1]) and
+// of W ([k, n / 2], [k, n / 16], amax [1]). dY quantized rowwise (need_dx) and columnwise (need_dw, RHT when
+// g_rht), SR when g_sr with keys from (g_seed, rng_offset, streams 0 and 1) on the device, both operands decoded
+// by its cast. Returns (dx [m, k] in dy's dtype, dw [n, k] in dw_dtype); one not asked for is empty.
+std::vector<at::Tensor> linear_backward(const at::Tensor& dy, const at::Tensor& x_cd, const at::Tensor& x_cs,
+                                        const at::Tensor& x_amax, const at::Tensor& w_cd, const at::Tensor& w_cs,
+                                        const at::Tensor& w_amax, const at::Tensor& rng_offset, bool need_dx,
+                                        bool need_dw, bool g_rht, bool g_sr, int64_t g_seed, int64_t dw_dtype) {
+  TORCH_CHECK(dy.dim() == 2, "linear_backward: dy must be 2-D");
+  const int64_t m = dy.size(0), n = dy.size(1);
+  const at::ScalarType u8 = at::kByte, e4m3 = at::kFloat8_e4m3fn, f32 = at::kFloat;
+  const at::Tensor none = empty_like_opts(dy, {0}, u8), no_op = empty_like_opts(dy, {0}, dy.scalar_type());
+  const at::Tensor amax_dy = empty_like_opts(dy, {2}, f32);
+  amax(dy, amax_dy, g_rht && need_dw);
+  const at::Tensor rd = need_dx ? empty_like_opts(dy, {m, n / 2}, u8) : none;
+  const at::Tensor rs = need_dx ? empty_like_opts(dy, {m, n / 16}, e4m3) : none;
+  const at::Tensor cd = need_dw ? empty_like_opts(dy, {n, m / 2}, u8) : none;
+  const at::Tensor cs = need_dw ? empty_like_opts(dy, {n, m / 16}, e4m3) : none;
+  const at::Tensor rop = need_dx ? empty_like_opts(dy, {m, n}, dy.scalar_type()) : no_op;
+  const at::Tensor cop = need_dw ? empty_like_opts(dy, {n, m}, dy.scalar_type()) : no_op;
+  if (g_sr) {
+    cast_device_key(dy, amax_dy, rd, rs, cd, cs, rop, cop, need_dx, need_dw, false, g_rht && need_dw, true, g_seed,
+                    rng_offset, 0, 1, 0);
+  } else {
+    cast(dy, amax_dy, rd, rs, cd, cs, rop, cop, need_dx, need_dw, false, g_rht && need_dw, false, 0, 0, 0);
+  }
+  at::Tensor dx = no_op, dw = no_op;
+  const at::Tensor alpha = empty_like_opts(dy, {1}, f32), shift = empty_like_opts(dy, {1}, f32);
+  if (need_dx) {  // dX = dY W: B = W's columnwise layout [k, n]
+    const int64_t k = w_cd.size(0);
+    const at::Tensor w_op = empty_like_opts(dy, {k, n}, dy.scalar_type());
+    decode_operand_b(w_cd, w_cs, w_op, amax_dy.narrow(0, 0, 1), w_amax, alpha, shift);
+    dx = empty_like_opts(dy, {m, k}, dy.scalar_type());
+    gemm_alpha(rop, w_op, alpha, dx);
+  }
+  if (need_dw) {  // dW = dY^T X: A = dY's columnwise operand [n, m], B = X's columnwise layout [k, m]
+    const int64_t k = x_cd.size(0);
+    const at::Tensor x_op = empty_like_opts(dy, {k, m}, dy.scalar_type());
+    // alpha and shift rewritten in stream order, after the dgrad GEMM has read them
+    decode_operand_b(x_cd, x_cs, x_op, amax_dy.narrow(0, 1, 1), x_amax, alpha, shift);
+    const at::ScalarType out = dw_dtype == 0 ? at::kBFloat16 : (dw_dtype == 1 ? at::kHalf : at::kFloat);
+    dw = empty_like_opts(dy, {n, k}, out);
+    gemm_alpha(cop, x_op, alpha, dw);
+  }
+  return {dx, dw};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -496,4 +587,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           at::Tensor>())
       .def("__call__", &GatherFinish::operator());
   m.def("gemm_alpha", &gemm_alpha, "out = alpha * a @ b^T (cuBLAS, fp32 accumulation, alpha on the device)");
+  m.def("linear_forward", &linear_forward, "the eager NVFP4 linear's forward at TP=1 in one call");
+  m.def("linear_backward", &linear_backward, "the eager NVFP4 linear's backward at TP=1 in one call");
 }

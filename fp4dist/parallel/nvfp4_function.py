@@ -27,7 +27,8 @@ On a GPU a linear costs 12 launches: forward amax + cast of X and of W (the amax
 output's 8-byte memset), one decode, one GEMM; backward amax + cast of dY and twice (decode, GEMM). The
 activation side of each GEMM (X's rowwise layout of a local X, both layouts of dY) is decoded by its cast
 kernel in the same pass (``quantize_with_operands``), so each decode launch decodes only the other operand
-(W's layouts, X's columnwise one; a gathered X's rowwise layout). Autocast is off inside: NVFP4 GEMMs keep
+(W's layouts, X's columnwise one; a gathered X's rowwise layout). In eager mode a call that qualifies makes those launches from one extension call per pass
+(:mod:`fp4dist.parallel.eager_linear`). Autocast is off inside: NVFP4 GEMMs keep
 their own precision (the semantics of ``torch.amp.custom_fwd`` / ``custom_bwd`` with the input cast to the
 autocast dtype).
 """
@@ -42,6 +43,7 @@ import torch.distributed as dist
 from fp4dist.distributed import all_gather_nvfp4
 from fp4dist.gather_buffer import quantize_for_gather
 from fp4dist.gemm import nvfp4_gemm, operand_dtype
+from fp4dist.parallel import eager_linear
 from fp4dist.parallel.comm import group_size, reduce_scatter_dim0
 from fp4dist.quantizer import NVFP4Quantizer, RowBlocks, pad_last_dim, pad_matrix
 from fp4dist.tensor import NVFP4Tensor
@@ -127,6 +129,10 @@ class NVFP4LinearFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, rng_offset: torch.Tensor, cfg: NVFP4LinearConfig,
                 gathered: GatheredInput | None):
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        kernels = eager_linear.kernels_for(x, weight, rng_offset, cfg, gathered)
+        if kernels is not None:
+            return eager_linear.forward(kernels, ctx, x, weight, rng_offset, cfg)
+        ctx.eager_kernels = None
         with torch.autocast(x.device.type, enabled=False):
             y, xq, wq, rows = _forward(x, weight, cfg, gathered, need_dx, need_dw)
         ctx.save_for_backward(xq.columnwise_data, xq.columnwise_scale_inv, xq.amax_columnwise,
@@ -138,6 +144,8 @@ class NVFP4LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
+        if ctx.eager_kernels is not None:
+            return (*eager_linear.backward(ctx, dy), None, None, None)
         x_data, x_scale, x_amax, w_data, w_scale, w_amax, rng_offset = ctx.saved_tensors
         cfg, rows = ctx.cfg, ctx.rows
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
