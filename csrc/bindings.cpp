@@ -1,6 +1,7 @@
 // The one Python module of fp4dist's CUDA code: the NVFP4 kernels' launchers (csrc/fp4dist.h) and the
-// cuBLAS device-alpha GEMM. Shapes, dtypes and allocation are checked and done in fp4dist/backends/cuda.py;
-// this layer checks what would make a kernel read or write out of bounds, then launches on the current stream.
+// cuBLAS device-alpha GEMM. Shapes, dtypes and allocation are checked and done in fp4dist/backends/cuda.py
+// (except for the eager linear at the end, which allocates its own outputs); this layer checks what would make a
+// kernel read or write out of bounds, then launches on the current stream.
 
 #include <array>
 #include <cstdint>
@@ -477,8 +478,8 @@ void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alph
   TORCH_CHECK(status == 0, "gemm_alpha: cublasGemmEx failed with status ", status);
 }
 
-// ---- The eager NVFP4 linear (fp4dist/parallel/nvfp4_function.py, its eager path): forward and backward of
-// Y = X W^T at TP=1, each in one call, with the launches and arguments of the Python path (amax, cast with the
+// ---- The eager NVFP4 linear (fp4dist/parallel/eager_linear.py): forward and backward of a local
+// Y = X W^T (no sequence parallelism), each in one call, with the launches and arguments of the Python path (amax, cast with the
 // activation side's operands, cast of W, decode of the other operand, GEMM), so the same bits at a fraction of the
 // host time. The Python side checks that a call qualifies (shapes multiples of 16, aligned contiguous inputs, the
 // recipe's layouts); these checks guard the kernels' bounds as everywhere else.
@@ -587,6 +588,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           at::Tensor>())
       .def("__call__", &GatherFinish::operator());
   m.def("gemm_alpha", &gemm_alpha, "out = alpha * a @ b^T (cuBLAS, fp32 accumulation, alpha on the device)");
-  m.def("linear_forward", &linear_forward, "the eager NVFP4 linear's forward at TP=1 in one call");
-  m.def("linear_backward", &linear_backward, "the eager NVFP4 linear's backward at TP=1 in one call");
+  m.def("linear_forward", &linear_forward, "the eager NVFP4 linear's forward (a local linear) in one call");
+  m.def("linear_backward", &linear_backward, "the eager NVFP4 linear's backward (a local linear) in one call");
 }
