@@ -10,7 +10,8 @@ bf16 activations on a GPU (fp32 on a CPU). Per (model, recipe, mode) it reports:
 (CUDA events around each step, so launch gaps count), the GPU-kernel time of one step and its kernel
 count (torch.profiler; memsets count as kernels), the host syncs of one eager step
 (torch.cuda.set_sync_debug_mode), peak memory, and where the GPU time goes: kernel ms per family (casts,
-amax passes, operand decodes, GEMMs, attention, optimizer, memsets, other). Separately it counts the kernels of one NVFP4 linear,
+amax passes, operand decodes, GEMMs, attention, optimizer, memsets, other), and with ``--kernels N`` the N
+kernels (by name and template arguments) with the most GPU time. Separately it counts the kernels of one NVFP4 linear,
 forward + backward, at the model's MLP shape.
 
 Each measurement runs in a process of its own, and in it every timing comes before the profiler: once
@@ -84,9 +85,24 @@ def family(kernel: str) -> str:
     return "other"
 
 
-def profile(fn, device, names: list | None = None, by_family: dict | None = None) -> tuple[int, float]:
+def kernel_key(name: str) -> str:
+    """A kernel's name without its argument list: template arguments (layouts, RHT, SR) stay, so each
+    instantiation is a row of its own."""
+    return name.split("(", 1)[0].strip() if not name.startswith("Memset") else name
+
+
+def add_kernel(by_kernel: dict, name: str, ms: float) -> None:
+    """Sums ``ms`` and counts one launch under ``kernel_key(name)``: by_kernel[key] = [GPU ms, launches]."""
+    entry = by_kernel.setdefault(kernel_key(name), [0.0, 0])
+    entry[0] += ms
+    entry[1] += 1
+
+
+def profile(fn, device, names: list | None = None, by_family: dict | None = None,
+            by_kernel: dict | None = None) -> tuple[int, float]:
     """(kernels incl. memsets, their summed GPU ms) of one call of fn; their names appended to ``names``, their
-    GPU ms summed per family (``FAMILIES``) into ``by_family``."""
+    GPU ms summed per family (``FAMILIES``) into ``by_family`` and per kernel (``add_kernel``) into
+    ``by_kernel``."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -103,6 +119,9 @@ def profile(fn, device, names: list | None = None, by_family: dict | None = None
         for e in events:
             fam = family(e.name)
             by_family[fam] = by_family.get(fam, 0.0) + e.device_time / 1e3
+    if by_kernel is not None:
+        for e in events:
+            add_kernel(by_kernel, e.name, e.device_time / 1e3)
     return len(events), sum(e.device_time for e in events) / 1e3
 
 
@@ -177,14 +196,15 @@ def bench(name, dims, recipe_name, mode, device, iters):
             step(x, y)
     setup_s = time.perf_counter() - t_setup
     ms = median_step_ms(run, device, iters)
-    by_family = {}
-    kernels, kernel_ms = profile(lambda: run(0), device, by_family=by_family)
+    by_family, by_kernel = {}, {}
+    kernels, kernel_ms = profile(lambda: run(0), device, by_family=by_family, by_kernel=by_kernel)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     params = sum(p.numel() for p in step.model.parameters())
     return dict(model=name, params_m=round(params / 1e6, 1), recipe=recipe_name, mode=mode, step_ms=round(ms, 2),
                 kernel_ms=round(kernel_ms, 2), kernels=kernels, host_syncs=syncs, peak_gib=round(peak, 2),
                 setup_s=round(setup_s, 1),
-                gpu_ms_by_family={k: round(v, 2) for k, v in sorted(by_family.items(), key=lambda kv: -kv[1])})
+                gpu_ms_by_family={k: round(v, 2) for k, v in sorted(by_family.items(), key=lambda kv: -kv[1])},
+                gpu_ms_by_kernel={k: [round(v[0], 3), v[1]] for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])})
 
 
 def linear_kernels(d: int, tokens: int, device) -> int:
@@ -236,6 +256,8 @@ def main():
     ap.add_argument("--iters", type=int, default=12)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", help="append one JSON line per result to this file")
+    ap.add_argument("--kernels", type=int, default=0, metavar="N",
+                    help="also print each run's N kernels with the most GPU time (summed ms and launches per step)")
     args = ap.parse_args()
     device = torch.device(args.device)
     models = {m: MODELS[m] for m in args.models}
@@ -278,6 +300,13 @@ def main():
             by = r["gpu_ms_by_family"]
             print(f"| {r['model']} | {r['recipe']} | {r['mode']} | " + " | ".join(f"{by.get(f, 0.0):.2f}" for f in fams)
                   + " |")
+    if args.kernels:
+        print(f"\nThe {args.kernels} kernels with the most GPU time per step (one profiled step)\n")
+        print("| model | recipe | mode | kernel | GPU ms | launches |")
+        print("|---|---|---|---|---:|---:|")
+        for r in rows:
+            for name, (ms, count) in list(r.get("gpu_ms_by_kernel", {}).items())[:args.kernels]:
+                print(f"| {r['model']} | {r['recipe']} | {r['mode']} | `{name[:120]}` | {ms:.3f} | {count} |")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,18 @@
 once more for a profiler (Nsight Compute: ``ncu --launch-skip K --launch-count 1 python ... --profile``).
 
     python benchmarks/profile_cast.py [--size 16384] [--mode 1d|rht|2d] [--profile | --fixed-costs | --kernel-times]
+    python benchmarks/profile_cast.py --training-shapes [--rows 8192] [--cols 1024 3072 4096]
 
 --fixed-costs times the fused cast (both layouts) and a copy of the same byte count two ways: as
 bench_kernels.py does (triton do_bench, which flushes L2 before each call) and back to back (50 calls
 between two events, no flush), to show what each call pays besides its bytes. --kernel-times reports, for
 the same two operations, the kernel's own duration on the GPU (torch.profiler, median of 20 calls, each after
 the same 256 MB cache flush as do_bench) next to the do_bench time, which also counts the launch and the gaps.
+
+--training-shapes times, at the activation and gradient shapes of a training step ([rows, cols] bf16 randn), the
+casts a linear makes (kernel durations as --kernel-times takes them): the gradient's (SR, both layouts, RHT on the
+columnwise one) with both decoded operands and without, the input's (RN, both layouts, RHT) with its rowwise
+operand and without, and the RHT amax pass.
 
 Bytes counted as in bench_kernels.py: the input read once + the requested outputs written once.
 """
@@ -57,6 +63,26 @@ def kernel_time(fn, name_part: str, reps: int = 20) -> float:
     return durations[len(durations) // 2]
 
 
+def training_shapes(rows: int, widths: list[int]) -> None:
+    """Prints the table of --training-shapes (us per call, kernel durations)."""
+    print("| input (bf16) | gradient cast, both operands | without operands | input cast, rowwise operand | without "
+          "| RHT amax |")
+    print("|---|---:|---:|---:|---:|---:|")
+    offset = torch.zeros(1, dtype=torch.int64, device="cuda")
+    for n in widths:
+        x = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
+        amax = K.compute_amax(x, rht=True)
+        kw = dict(rowwise=True, columnwise=True, block_2d=False, rht=True, seed=1, rng_offset=offset, row_offset=0)
+        ops = dict(operand_dtype=torch.bfloat16)
+        times = [kernel_time(lambda: K.cast_with_operands(x, amax, stochastic_rounding=True, **kw, **ops), "cast_"),
+                 kernel_time(lambda: K.cast(x, amax, stochastic_rounding=True, **kw), "cast_"),
+                 kernel_time(lambda: K.cast_with_operands(x, amax, stochastic_rounding=False, columnwise_operand=False,
+                                                          **kw, **ops), "cast_"),
+                 kernel_time(lambda: K.cast(x, amax, stochastic_rounding=False, **kw), "cast_"),
+                 kernel_time(lambda: K.compute_amax(x, rht=True), "amax_rht")]
+        print(f"| {rows} x {n} | " + " | ".join(f"{t:.1f} us" for t in times) + " |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=16384)
@@ -64,7 +90,13 @@ def main():
     ap.add_argument("--profile", action="store_true", help="one warm-up cast, then one cast (both layouts) to profile")
     ap.add_argument("--fixed-costs", action="store_true", help="do_bench vs back-to-back timing, cast and copy")
     ap.add_argument("--kernel-times", action="store_true", help="GPU kernel duration vs do_bench, cast and copy")
+    ap.add_argument("--training-shapes", action="store_true", help="the casts and the RHT amax of a training step")
+    ap.add_argument("--rows", type=int, default=8192, help="--training-shapes: rows (tokens per step)")
+    ap.add_argument("--cols", type=int, nargs="+", default=[1024, 3072, 4096], help="--training-shapes: widths")
     args = ap.parse_args()
+    if args.training_shapes:
+        training_shapes(args.rows, args.cols)
+        return
     s = args.size
     x = bench_input(s)
     rht, block_2d = args.mode == "rht", args.mode == "2d"

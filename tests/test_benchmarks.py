@@ -37,3 +37,20 @@ def test_bench_train_step_runs_both_recipes(tmp_path):
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert [(r["recipe"], r["mode"]) for r in rows] == [("bf16", "eager"), ("nvfp4", "eager")], rows
     assert all("error" not in r and r["step_ms"] > 0 for r in rows), rows
+
+
+def test_bench_train_step_groups_kernels_by_name_and_template_arguments():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_train_step import add_kernel
+
+    by_kernel = {}
+    launches = [("void fp4dist_cuda::cast_wide_kernel<__nv_bfloat16, true, true, true, true>(CastParams)", 0.05),
+                ("void fp4dist_cuda::cast_wide_kernel<__nv_bfloat16, true, false, true, true>(CastParams)", 0.03),
+                ("void fp4dist_cuda::cast_wide_kernel<__nv_bfloat16, true, true, true, true>(CastParams)", 0.07),
+                ("Memset (Device)", 0.001), ("Memset (Device)", 0.002)]
+    for name, ms in launches:
+        add_kernel(by_kernel, name, ms)
+    sr = by_kernel["void fp4dist_cuda::cast_wide_kernel<__nv_bfloat16, true, true, true, true>"]
+    rn = by_kernel["void fp4dist_cuda::cast_wide_kernel<__nv_bfloat16, true, false, true, true>"]
+    assert sr == [0.05 + 0.07, 2] and rn == [0.03, 1]
+    assert by_kernel["Memset (Device)"] == [0.001 + 0.002, 2] and len(by_kernel) == 3
