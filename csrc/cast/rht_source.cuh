@@ -67,19 +67,6 @@ FP4_HD void rht_column_wide(const typename Tr<T>::P (&inputs)[16], float (&a)[16
   bits_b = max_mag_bits(b);
 }
 
-// Both steps: raw = the inputs in, the rounded source out; on the overflow path (returns true) a, b = the fp32
-// source and bits_* their maxima.
-template <typename T>
-FP4_HD bool rht_column_source(typename Tr<T>::P (&raw)[16], float (&a)[16], float (&b)[16], uint32_t& in_a,
-                              uint32_t& in_b, uint32_t& bits_a, uint32_t& bits_b) {
-  typename Tr<T>::P inputs[16];
-#pragma unroll
-  for (int k = 0; k < 16; ++k) inputs[k] = raw[k];
-  const bool wide = rht_column_rounded<T>(raw, in_a, in_b, bits_a, bits_b);
-  if (wide) rht_column_wide<T>(inputs, a, b, in_a, in_b, bits_a, bits_b);
-  return wide;
-}
-
 // The task's part in the amax pass, rounding two values rather than 32: in_a, in_b = max|input| of each column, and the
 // column's part in the RHT'd columnwise amax (rht_chunk_amax_bits of its source maximum), as fp32 magnitude bits.
 // The source value of a transformed value y, round-to-T(y) where finite, else y saturated (rht_wide_value), is odd
