@@ -478,8 +478,8 @@ void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alph
   TORCH_CHECK(status == 0, "gemm_alpha: cublasGemmEx failed with status ", status);
 }
 
-// ---- The eager NVFP4 linear (fp4dist/parallel/eager_linear.py): forward and backward of a local
-// Y = X W^T (no sequence parallelism), each in one call, with the launches and arguments of the Python path (amax, cast with the
+// ---- The eager NVFP4 linear (fp4dist/parallel/eager_linear.py): forward and backward of a local Y = X W^T (no
+// sequence parallelism), each in one call, with the launches and arguments of the Python path (amax, cast with the
 // activation side's operands, cast of W, decode of the other operand, GEMM), so the same bits at a fraction of the
 // host time. The Python side checks that a call qualifies (shapes multiples of 16, aligned contiguous inputs, the
 // recipe's layouts); these checks guard the kernels' bounds as everywhere else.

@@ -67,8 +67,9 @@ FP4_HD void rht_column_wide(const typename Tr<T>::P (&inputs)[16], float (&a)[16
   bits_b = max_mag_bits(b);
 }
 
-// The task's part in the amax pass, rounding two values rather than 32: in_a, in_b = max|input| of each column, and the
-// column's part in the RHT'd columnwise amax (rht_chunk_amax_bits of its source maximum), as fp32 magnitude bits.
+// The task's part in the amax pass, rounding two values rather than 32: in_a, in_b = max|input| of each column,
+// and each column's part in the RHT'd columnwise amax (rht_chunk_amax_bits of its source maximum), as fp32
+// magnitude bits.
 // The source value of a transformed value y, round-to-T(y) where finite, else y saturated (rht_wide_value), is odd
 // and non-decreasing in y, so the source maximum is that rule applied once, to max|y| (NaN bits winning as before).
 template <typename T>

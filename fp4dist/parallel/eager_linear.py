@@ -12,9 +12,8 @@ the decode of the other operand, the GEMM), hence the same bits, allocating with
               decode(W columnwise), GEMM (dX); decode(X columnwise), GEMM (dW)
 
 A call qualifies when the linear is local (no sequence parallelism, no pre-gathered input: TP=1, or a TP shard
-whose communication happens outside the linear), on the CUDA backend, with
-bf16 / fp16 X, shapes that need no padding (m, K and N multiples of 16), contiguous 16-byte aligned X and W,
-and the recipe's layouts: X and W round to nearest, X in 1x16 blocks, W without the RHT, dY in 1x16 blocks,
+whose communication happens outside the linear), on the CUDA backend, with bf16 / fp16 X, shapes that need no
+padding (m, K and N multiples of 16), contiguous 16-byte aligned X and W, and the recipe's layouts: X and W round to nearest, X in 1x16 blocks, W without the RHT, dY in 1x16 blocks,
 the wgrad operands of X's dtype (``operand_dtype(W.dtype) == X.dtype``). Anything else takes the Python path.
 """
 

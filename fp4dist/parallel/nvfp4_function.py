@@ -27,10 +27,10 @@ On a GPU a linear costs 12 launches: forward amax + cast of X and of W (the amax
 output's 8-byte memset), one decode, one GEMM; backward amax + cast of dY and twice (decode, GEMM). The
 activation side of each GEMM (X's rowwise layout of a local X, both layouts of dY) is decoded by its cast
 kernel in the same pass (``quantize_with_operands``), so each decode launch decodes only the other operand
-(W's layouts, X's columnwise one; a gathered X's rowwise layout). In eager mode a call that qualifies makes those launches from one extension call per pass
-(:mod:`fp4dist.parallel.eager_linear`). Autocast is off inside: NVFP4 GEMMs keep
-their own precision (the semantics of ``torch.amp.custom_fwd`` / ``custom_bwd`` with the input cast to the
-autocast dtype).
+(W's layouts, X's columnwise one; a gathered X's rowwise layout). In eager mode a call that qualifies makes
+those launches from one extension call per pass (:mod:`fp4dist.parallel.eager_linear`). Autocast is off inside:
+NVFP4 GEMMs keep their own precision (the semantics of ``torch.amp.custom_fwd`` / ``custom_bwd`` with the input
+cast to the autocast dtype).
 """
 
 from __future__ import annotations
