@@ -28,9 +28,13 @@ def cuda_kernels():
 
 
 def random_tensor(shape, gen, dtype=torch.float32, device="cpu"):
-    """Normal values with per-row magnitudes spread over ~6 decades, some zero blocks, signs mixed."""
+    """Normal values with per-row magnitudes spread over ~6 decades, some zero blocks, signs mixed; finite in
+    ``dtype`` (a rare fp16 value beyond its range is clamped to the largest finite one, not cast to inf)."""
     x = torch.randn(shape, generator=gen)
     x = x * torch.exp(torch.randn(*shape[:-1], 1, generator=gen) * 3)
+    if dtype.is_floating_point:
+        top = torch.finfo(dtype).max
+        x = x.clamp(-top, top)
     x2d = x.reshape(-1, shape[-1])
     if x2d.shape[1] >= 32 and x2d.shape[0] >= 2:
         x2d[0, 16:32] = 0.0
