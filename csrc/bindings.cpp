@@ -57,37 +57,70 @@ void* operand_ptr(const at::Tensor& op, const at::Tensor& x, int64_t rows, int64
   return op.data_ptr();
 }
 
+// t as a one-element fp32 tensor on like's device, or null for an empty t.
+const float* optional_scalar(const at::Tensor& t, const at::Tensor& like, const char* name) {
+  if (t.numel() == 0) return nullptr;
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device() && t.scalar_type() == at::kFloat && t.numel() == 1, name,
+              " must be a one-element fp32 tensor on ", like.device());
+  return t.data_ptr<float>();
+}
+
+// The GEMM partners' amaxes and the alpha output of a cast's decoded operands (fp4dist_cuda::CastOperands), each
+// empty where not given.
+struct OperandPairs {
+  const at::Tensor& partner_row;
+  const at::Tensor& partner_col;
+  const at::Tensor& alpha_out;
+};
+
 void launch_cast_checked(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
                          const at::Tensor& cd, const at::Tensor& cs, const at::Tensor& rop, const at::Tensor& cop,
-                         bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
+                         const OperandPairs& pairs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
                          const fp4dist_cuda::CastRng& rng) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D CUDA tensor");
   TORCH_CHECK(amax.is_cuda() && amax.device() == x.device() && amax.scalar_type() == at::kFloat &&
                   amax.is_contiguous() && amax.numel() == 2,
               "amax must be a contiguous fp32 CUDA tensor of 2 elements");
   const int64_t m = x.size(0), n = x.size(1);
+  void* const rop_p = operand_ptr(rop, x, m, n, "rowwise_operand");
+  void* const cop_p = operand_ptr(cop, x, n, m, "columnwise_operand");
+  // a layout's codes may be left out (empty data and scales) where its operand is written
+  const bool row_codes = do_row && (rop_p == nullptr || rd.numel() != 0 || rs.numel() != 0);
+  const bool col_codes = do_col && (cop_p == nullptr || cd.numel() != 0 || cs.numel() != 0);
   if (do_row) {
     TORCH_CHECK(n % 16 == 0, "rowwise needs n % 16 == 0");
-    check_byte_tensor(rd, x, m, n / 2, "rowwise_data");
-    check_byte_tensor(rs, x, m, n / 16, "rowwise_scale_inv");
+    if (row_codes) check_byte_tensor(rd, x, m, n / 2, "rowwise_data");
+    if (row_codes) check_byte_tensor(rs, x, m, n / 16, "rowwise_scale_inv");
   }
   if (do_col) {
     TORCH_CHECK(m % 16 == 0, "columnwise needs m % 16 == 0");
-    check_byte_tensor(cd, x, n, m / 2, "columnwise_data");
-    check_byte_tensor(cs, x, n, m / 16, "columnwise_scale_inv");
+    if (col_codes) check_byte_tensor(cd, x, n, m / 2, "columnwise_data");
+    if (col_codes) check_byte_tensor(cs, x, n, m / 16, "columnwise_scale_inv");
   }
   if (block_2d) TORCH_CHECK(m % 16 == 0 && n % 16 == 0, "block_2d needs m % 16 == 0 and n % 16 == 0");
-  void* const rop_p = operand_ptr(rop, x, m, n, "rowwise_operand");
-  void* const cop_p = operand_ptr(cop, x, n, m, "columnwise_operand");
   TORCH_CHECK((rop_p == nullptr || do_row) && (cop_p == nullptr || do_col),
               "a decoded operand needs its layout to be cast");
-  TORCH_CHECK((rop_p == nullptr && cop_p == nullptr) ||
+  fp4dist_cuda::CastOperands ops{};
+  ops.rop = rop_p;
+  ops.cop = cop_p;
+  ops.partner_row = optional_scalar(pairs.partner_row, x, "partner_row");
+  ops.partner_col = optional_scalar(pairs.partner_col, x, "partner_col");
+  TORCH_CHECK((ops.partner_row == nullptr || rop_p != nullptr) && (ops.partner_col == nullptr || cop_p != nullptr),
+              "cast: a GEMM partner's amax needs its layout's decoded operand");
+  if (pairs.alpha_out.numel() != 0) {
+    TORCH_CHECK(pairs.alpha_out.is_cuda() && pairs.alpha_out.device() == x.device() &&
+                    pairs.alpha_out.scalar_type() == at::kFloat && pairs.alpha_out.is_contiguous() &&
+                    pairs.alpha_out.numel() == 2,
+                "cast: alpha_out must be a contiguous fp32 tensor of 2 elements on ", x.device());
+    ops.alpha_out = pairs.alpha_out.data_ptr<float>();
+  }
+  TORCH_CHECK((rop_p == nullptr && cop_p == nullptr && ops.alpha_out == nullptr) ||
                   fp4dist_cuda::cast_operands_fused(dtype_code(x), x.data_ptr(), m, n, block_2d),
               "cast: decoded operands need a bf16/fp16 X with 16-byte aligned rows and 1x16 blocks");
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(fp4dist_cuda::launch_cast(dtype_code(x), x.data_ptr(), m, n, amax.data_ptr<float>(),
-                                       do_row ? byte_ptr(rd) : nullptr, do_row ? byte_ptr(rs) : nullptr,
-                                       do_col ? byte_ptr(cd) : nullptr, do_col ? byte_ptr(cs) : nullptr, rop_p, cop_p,
+                                       row_codes ? byte_ptr(rd) : nullptr, row_codes ? byte_ptr(rs) : nullptr,
+                                       col_codes ? byte_ptr(cd) : nullptr, col_codes ? byte_ptr(cs) : nullptr, ops,
                                        do_row, do_col, block_2d, rht, sr, rng,
                                        c10::cuda::getCurrentCUDAStream().stream()),
              "cast");
@@ -95,19 +128,22 @@ void launch_cast_checked(const at::Tensor& x, const at::Tensor& amax, const at::
 
 // SR keys computed on the host (fp4dist.rng.stream_key), passed as their 32 bits.
 void cast(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
-          const at::Tensor& cd, const at::Tensor& cs, const at::Tensor& rop, const at::Tensor& cop, bool do_row,
+          const at::Tensor& cd, const at::Tensor& cs, const at::Tensor& rop, const at::Tensor& cop,
+          const at::Tensor& partner_row, const at::Tensor& partner_col, const at::Tensor& alpha_out, bool do_row,
           bool do_col, bool block_2d, bool rht, bool sr, int64_t key_row, int64_t key_col, int64_t row_offset) {
   fp4dist_cuda::CastRng rng{};
   rng.key_row = static_cast<uint32_t>(key_row);
   rng.key_col = static_cast<uint32_t>(key_col);
   rng.row_offset = static_cast<uint32_t>(row_offset);
-  launch_cast_checked(x, amax, rd, rs, cd, cs, rop, cop, do_row, do_col, block_2d, rht, sr, rng);
+  launch_cast_checked(x, amax, rd, rs, cd, cs, rop, cop, {partner_row, partner_col, alpha_out}, do_row, do_col,
+                      block_2d, rht, sr, rng);
 }
 
 // SR keys computed on the device from seed (a uint64 passed as its int64 bits), the one-element int64 CUDA tensor
 // rng_offset (read by the kernels, never by the host) and the two streams.
 void cast_device_key(const at::Tensor& x, const at::Tensor& amax, const at::Tensor& rd, const at::Tensor& rs,
                      const at::Tensor& cd, const at::Tensor& cs, const at::Tensor& rop, const at::Tensor& cop,
+                     const at::Tensor& partner_row, const at::Tensor& partner_col, const at::Tensor& alpha_out,
                      bool do_row, bool do_col, bool block_2d, bool rht, bool sr, int64_t seed,
                      const at::Tensor& rng_offset, int64_t stream_row, int64_t stream_col,
                      int64_t row_offset) {
@@ -122,7 +158,8 @@ void cast_device_key(const at::Tensor& x, const at::Tensor& amax, const at::Tens
   rng.stream_row = static_cast<uint32_t>(stream_row);
   rng.stream_col = static_cast<uint32_t>(stream_col);
   rng.row_offset = static_cast<uint32_t>(row_offset);
-  launch_cast_checked(x, amax, rd, rs, cd, cs, rop, cop, do_row, do_col, block_2d, rht, sr, rng);
+  launch_cast_checked(x, amax, rd, rs, cd, cs, rop, cop, {partner_row, partner_col, alpha_out}, do_row, do_col,
+                      block_2d, rht, sr, rng);
 }
 
 void amax(const at::Tensor& x, const at::Tensor& out, bool rht) {
@@ -179,14 +216,6 @@ fp4dist_cuda::PackedOperand packed_operand(const at::Tensor& data, const at::Ten
   op.scale_stride = scale_stride;
   op.out = out.data_ptr();
   return op;
-}
-
-// t as a one-element fp32 tensor on like's device, or null for an empty t.
-const float* optional_scalar(const at::Tensor& t, const at::Tensor& like, const char* name) {
-  if (t.numel() == 0) return nullptr;
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device() && t.scalar_type() == at::kFloat && t.numel() == 1, name,
-              " must be a one-element fp32 tensor on ", like.device());
-  return t.data_ptr<float>();
 }
 
 // out = e2m1 * float(scale) * d: d = decode_scale, else S_dec(amax), else 1 (empty tensors: not given).
@@ -454,7 +483,8 @@ class GatherFinish {
   at::Tensor bad_count_, record_;
 };
 
-void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, const at::Tensor& out) {
+// out [m, n] = alpha * a [m, k] @ b^T for b [n, k], or (b_kn) a @ b for b [k, n].
+void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alpha, const at::Tensor& out, bool b_kn) {
   TORCH_CHECK(a.is_cuda() && b.is_cuda() && alpha.is_cuda() && out.is_cuda(), "gemm_alpha: CUDA tensors only");
   TORCH_CHECK(a.device() == b.device() && alpha.device() == a.device() && out.device() == a.device(),
               "gemm_alpha: a, b, alpha and out must be on one device");
@@ -464,8 +494,9 @@ void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alph
                   (a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf),
               "gemm_alpha: a and b must both be bfloat16 or both float16");
   TORCH_CHECK(alpha.scalar_type() == at::kFloat && alpha.numel() == 1, "gemm_alpha: alpha must be one fp32 value");
-  const int64_t m = a.size(0), k = a.size(1), n = b.size(0);
-  TORCH_CHECK(b.size(1) == k, "gemm_alpha: contraction dims differ: a ", a.sizes(), ", b ", b.sizes());
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(b_kn ? 1 : 0);
+  TORCH_CHECK(b.size(b_kn ? 0 : 1) == k, "gemm_alpha: contraction dims differ: a ", a.sizes(), ", b ", b.sizes(),
+              b_kn ? " (b as [k, n])" : " (b as [n, k])");
   TORCH_CHECK(out.size(0) == m && out.size(1) == n, "gemm_alpha: out must be [", m, ", ", n, "]");
   TORCH_CHECK(m < INT32_MAX && n < INT32_MAX && k < INT32_MAX, "gemm_alpha: dims must fit in int32");
   if (m == 0 || n == 0) return;
@@ -473,98 +504,110 @@ void gemm_alpha(const at::Tensor& a, const at::Tensor& b, const at::Tensor& alph
   const at::Tensor beta = device_zero(alpha);
   // the current stream's handle
   const int status = fp4dist_cuda::launch_gemm_alpha(at::cuda::getCurrentCUDABlasHandle(), dtype_code(a),
-                                                     dtype_code(out), m, n, k, a.data_ptr(), b.data_ptr(),
+                                                     dtype_code(out), m, n, k, a.data_ptr(), b.data_ptr(), b_kn,
                                                      alpha.data_ptr<float>(), beta.data_ptr<float>(), out.data_ptr());
   TORCH_CHECK(status == 0, "gemm_alpha: cublasGemmEx failed with status ", status);
 }
 
 // ---- The eager NVFP4 linear (fp4dist/parallel/eager_linear.py): forward and backward of a local Y = X W^T (no
-// sequence parallelism), each in one call, with the launches and arguments of the Python path (amax, cast with the
-// activation side's operands, cast of W, decode of the other operand, GEMM), so the same bits at a fraction of the
-// host time. The Python side checks that a call qualifies (shapes multiples of 16, aligned contiguous inputs, the
-// recipe's layouts); these checks guard the kernels' bounds as everywhere else.
+// sequence parallelism), each in one call, with the launches and arguments of the Python path
+// (fp4dist/parallel/nvfp4_function.py), so the same bits at a fraction of the host time. The Python side checks that
+// a call qualifies (shapes multiples of 16, aligned contiguous inputs, the recipe's layouts); these checks guard the
+// kernels' bounds as everywhere else.
 
 at::Tensor empty_like_opts(const at::Tensor& like, at::IntArrayRef shape, at::ScalarType dtype) {
   return at::empty(shape, like.options().dtype(dtype));
 }
 
-// forward: x [m, k] (bf16/fp16), w [n, k]; X's columnwise layout (RHT when x_rht) only with need_dw, W's
-// columnwise layout only with need_dx. Returns (y [m, n] in x's dtype, X columnwise data, scales, amax [1],
-// W columnwise data, scales, amax [1]); layouts not made are empty tensors.
+// forward: x [m, k] (bf16/fp16), w [n, k] (bf16/fp16/fp32). X's columnwise layout (RHT when x_rht) only with
+// need_dw. W's operand for the dgrad: with w_block_2d (16x16 tiles, whose two layouts are one transposed) W's decoded
+// rowwise operand [n, k] itself, else (need_dx) W's columnwise codes. Returns (y [m, n] in x's dtype, X columnwise
+// data, scales, amax [1], then W's decoded operand and an empty tensor, or W's columnwise data and scales, then W's
+// amax [1]); a layout not made is empty.
 std::vector<at::Tensor> linear_forward(const at::Tensor& x, const at::Tensor& w, bool need_dx, bool need_dw,
                                        bool x_rht, bool w_block_2d) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear_forward: x [m, k] and w [n, k]");
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
   const at::ScalarType u8 = at::kByte, e4m3 = at::kFloat8_e4m3fn, f32 = at::kFloat;
   const at::Tensor none = empty_like_opts(x, {0}, u8), no_x = empty_like_opts(x, {0}, x.scalar_type());
-  const at::Tensor no_w = empty_like_opts(w, {0}, w.scalar_type());
-  // X: amax, then rowwise codes with the GEMM's operand A and (wgrad) the columnwise layout
-  const at::Tensor amax_x = empty_like_opts(x, {2}, f32);
-  amax(x, amax_x, x_rht && need_dw);
-  const at::Tensor x_rd = empty_like_opts(x, {m, k / 2}, u8), x_rs = empty_like_opts(x, {m, k / 16}, e4m3);
-  const at::Tensor x_cd = need_dw ? empty_like_opts(x, {k, m / 2}, u8) : none;
-  const at::Tensor x_cs = need_dw ? empty_like_opts(x, {k, m / 16}, e4m3) : none;
-  const at::Tensor x_op = empty_like_opts(x, {m, k}, x.scalar_type());
-  cast(x, amax_x, x_rd, x_rs, x_cd, x_cs, x_op, no_x, true, need_dw, false, x_rht && need_dw, false, 0, 0, 0);
-  // W: amax, codes (rowwise, and for dgrad columnwise)
+  const at::Tensor no_w = empty_like_opts(w, {0}, w.scalar_type()), no_f = empty_like_opts(x, {0}, f32);
+  // amax of W first: X's cast scales its operand for the pair (X, W) and writes the GEMM's alpha
   const at::Tensor amax_w = empty_like_opts(w, {2}, f32);
   amax(w, amax_w, false);
+  const at::Tensor amax_x = empty_like_opts(x, {2}, f32);
+  amax(x, amax_x, x_rht && need_dw);
+  // X: the GEMM's operand A (no rowwise codes) and (wgrad) the columnwise layout
+  const at::Tensor x_cd = need_dw ? empty_like_opts(x, {k, m / 2}, u8) : none;
+  const at::Tensor x_cs = need_dw ? empty_like_opts(x, {k, m / 16}, e4m3) : none;
+  const at::Tensor x_op = empty_like_opts(x, {m, k}, x.scalar_type()), alpha = empty_like_opts(x, {2}, f32);
+  cast(x, amax_x, none, none, x_cd, x_cs, x_op, no_x, amax_w.narrow(0, 0, 1), no_f, alpha, true, need_dw, false,
+       x_rht && need_dw, false, 0, 0, 0);
+  // W: rowwise codes (and columnwise ones for a dgrad that cannot share the rowwise operand), decoded with d = 1
+  const bool w_cols = need_dx && !w_block_2d;
   const at::Tensor w_rd = empty_like_opts(w, {n, k / 2}, u8), w_rs = empty_like_opts(w, {n, k / 16}, e4m3);
-  const at::Tensor w_cd = need_dx ? empty_like_opts(w, {k, n / 2}, u8) : none;
-  const at::Tensor w_cs = need_dx ? empty_like_opts(w, {k, n / 16}, e4m3) : none;
-  cast(w, amax_w, w_rd, w_rs, w_cd, w_cs, no_w, no_w, true, need_dx, w_block_2d, false, false, 0, 0, 0);
-  // Y = alpha * X_op @ W_op^T, W decoded with the pair's shift
+  const at::Tensor w_cd = w_cols ? empty_like_opts(w, {k, n / 2}, u8) : none;
+  const at::Tensor w_cs = w_cols ? empty_like_opts(w, {k, n / 16}, e4m3) : none;
+  cast(w, amax_w, w_rd, w_rs, w_cd, w_cs, no_w, no_w, no_f, no_f, no_f, true, w_cols, w_block_2d, false, false, 0, 0,
+       0);
   const at::Tensor w_op = empty_like_opts(x, {n, k}, x.scalar_type());
-  const at::Tensor alpha = empty_like_opts(x, {1}, f32), shift = empty_like_opts(x, {1}, f32);
-  decode_operand_b(w_rd, w_rs, w_op, amax_x.narrow(0, 0, 1), amax_w.narrow(0, 0, 1), alpha, shift);
+  dequantize(w_rd, w_rs, no_f, no_f, w_op);
   const at::Tensor y = empty_like_opts(x, {m, n}, x.scalar_type());
-  gemm_alpha(x_op, w_op, alpha, y);
-  return {y, x_cd, x_cs, amax_x.narrow(0, 1, 1), w_cd, w_cs, amax_w.narrow(0, 1, 1)};
+  gemm_alpha(x_op, w_op, alpha.narrow(0, 0, 1), y, false);
+  const bool share_w = need_dx && w_block_2d;
+  return {y, x_cd, x_cs, amax_x.narrow(0, 1, 1), share_w ? w_op : w_cd, share_w ? none : w_cs,
+          amax_w.narrow(0, 1, 1)};
 }
 
-// backward: dy [m, n] (x's dtype) and the saved columnwise layouts of X ([k, m / 2], [k, m / 16], amax [1]) and
-// of W ([k, n / 2], [k, n / 16], amax [1]). dY quantized rowwise (need_dx) and columnwise (need_dw, RHT when
-// g_rht), SR when g_sr with keys from (g_seed, rng_offset, streams 0 and 1) on the device, both operands decoded
-// by its cast. Returns (dx [m, k] in dy's dtype, dw [n, k] in dw_dtype); one not asked for is empty.
+// backward: dy [m, n] (x's dtype) and what linear_forward returned after y: X's columnwise layout ([k, m / 2],
+// [k, m / 16], amax [1]); W's decoded operand [n, k] and an empty tensor (w_shared), or W's columnwise layout ([k,
+// n / 2], [k, n / 16]); W's amax [1]. dY is cast to its decoded operands only, rowwise (need_dx) and columnwise
+// (need_dw, RHT when g_rht), SR when g_sr with keys from (g_seed, rng_offset, stream_row / stream_col) on the
+// device, each scaled for its GEMM's pair and with the GEMMs' alphas. Returns (dx [m, k] in dy's dtype, dw [n, k] in
+// dw_dtype: 0 bf16, 1 fp16, 2 fp32); one not asked for is empty.
 std::vector<at::Tensor> linear_backward(const at::Tensor& dy, const at::Tensor& x_cd, const at::Tensor& x_cs,
-                                        const at::Tensor& x_amax, const at::Tensor& w_cd, const at::Tensor& w_cs,
+                                        const at::Tensor& x_amax, const at::Tensor& w_a, const at::Tensor& w_b,
                                         const at::Tensor& w_amax, const at::Tensor& rng_offset, bool need_dx,
-                                        bool need_dw, bool g_rht, bool g_sr, int64_t g_seed, int64_t dw_dtype) {
+                                        bool need_dw, bool w_shared, bool g_rht, bool g_sr, int64_t g_seed,
+                                        int64_t stream_row, int64_t stream_col, int64_t dw_dtype) {
   TORCH_CHECK(dy.dim() == 2, "linear_backward: dy must be 2-D");
+  TORCH_CHECK(dw_dtype >= 0 && dw_dtype <= 2, "linear_backward: dw_dtype must be 0, 1 or 2");
   const int64_t m = dy.size(0), n = dy.size(1);
-  const at::ScalarType u8 = at::kByte, e4m3 = at::kFloat8_e4m3fn, f32 = at::kFloat;
+  const at::ScalarType u8 = at::kByte, f32 = at::kFloat;
   const at::Tensor none = empty_like_opts(dy, {0}, u8), no_op = empty_like_opts(dy, {0}, dy.scalar_type());
+  const at::Tensor no_f = empty_like_opts(dy, {0}, f32);
   const at::Tensor amax_dy = empty_like_opts(dy, {2}, f32);
   amax(dy, amax_dy, g_rht && need_dw);
-  const at::Tensor rd = need_dx ? empty_like_opts(dy, {m, n / 2}, u8) : none;
-  const at::Tensor rs = need_dx ? empty_like_opts(dy, {m, n / 16}, e4m3) : none;
-  const at::Tensor cd = need_dw ? empty_like_opts(dy, {n, m / 2}, u8) : none;
-  const at::Tensor cs = need_dw ? empty_like_opts(dy, {n, m / 16}, e4m3) : none;
   const at::Tensor rop = need_dx ? empty_like_opts(dy, {m, n}, dy.scalar_type()) : no_op;
   const at::Tensor cop = need_dw ? empty_like_opts(dy, {n, m}, dy.scalar_type()) : no_op;
+  const at::Tensor alpha = empty_like_opts(dy, {2}, f32);
+  const at::Tensor& partner_row = need_dx ? w_amax : no_f;
+  const at::Tensor& partner_col = need_dw ? x_amax : no_f;
   if (g_sr) {
-    cast_device_key(dy, amax_dy, rd, rs, cd, cs, rop, cop, need_dx, need_dw, false, g_rht && need_dw, true, g_seed,
-                    rng_offset, 0, 1, 0);
+    cast_device_key(dy, amax_dy, none, none, none, none, rop, cop, partner_row, partner_col, alpha, need_dx, need_dw,
+                    false, g_rht && need_dw, true, g_seed, rng_offset, stream_row, stream_col, 0);
   } else {
-    cast(dy, amax_dy, rd, rs, cd, cs, rop, cop, need_dx, need_dw, false, g_rht && need_dw, false, 0, 0, 0);
+    cast(dy, amax_dy, none, none, none, none, rop, cop, partner_row, partner_col, alpha, need_dx, need_dw, false,
+         g_rht && need_dw, false, 0, 0, 0);
   }
   at::Tensor dx = no_op, dw = no_op;
-  const at::Tensor alpha = empty_like_opts(dy, {1}, f32), shift = empty_like_opts(dy, {1}, f32);
-  if (need_dx) {  // dX = dY W: B = W's columnwise layout [k, n]
-    const int64_t k = w_cd.size(0);
-    const at::Tensor w_op = empty_like_opts(dy, {k, n}, dy.scalar_type());
-    decode_operand_b(w_cd, w_cs, w_op, amax_dy.narrow(0, 0, 1), w_amax, alpha, shift);
-    dx = empty_like_opts(dy, {m, k}, dy.scalar_type());
-    gemm_alpha(rop, w_op, alpha, dx);
+  if (need_dx) {  // dX = dY W
+    if (w_shared) {  // W [n, k] itself
+      dx = empty_like_opts(dy, {m, w_a.size(1)}, dy.scalar_type());
+      gemm_alpha(rop, w_a, alpha.narrow(0, 0, 1), dx, true);
+    } else {  // W's columnwise layout [k, n]
+      const at::Tensor w_op = empty_like_opts(dy, {w_a.size(0), n}, dy.scalar_type());
+      dequantize(w_a, w_b, no_f, no_f, w_op);
+      dx = empty_like_opts(dy, {m, w_a.size(0)}, dy.scalar_type());
+      gemm_alpha(rop, w_op, alpha.narrow(0, 0, 1), dx, false);
+    }
   }
   if (need_dw) {  // dW = dY^T X: A = dY's columnwise operand [n, m], B = X's columnwise layout [k, m]
     const int64_t k = x_cd.size(0);
     const at::Tensor x_op = empty_like_opts(dy, {k, m}, dy.scalar_type());
-    // alpha and shift rewritten in stream order, after the dgrad GEMM has read them
-    decode_operand_b(x_cd, x_cs, x_op, amax_dy.narrow(0, 1, 1), x_amax, alpha, shift);
+    dequantize(x_cd, x_cs, no_f, no_f, x_op);
     const at::ScalarType out = dw_dtype == 0 ? at::kBFloat16 : (dw_dtype == 1 ? at::kHalf : at::kFloat);
     dw = empty_like_opts(dy, {n, k}, out);
-    gemm_alpha(cop, x_op, alpha, dw);
+    gemm_alpha(cop, x_op, alpha.narrow(0, 1, 1), dw, false);
   }
   return {dx, dw};
 }

@@ -22,14 +22,27 @@ struct CastRng {
   uint32_t row_offset;
 };
 
+// The decoded operands a cast writes next to its codes, and the GEMMs they are operand A of. rop [m, n] / cop
+// [n, m] (X's dtype, 16-byte aligned, or null): the rowwise / columnwise layout decoded, e2m1(code) * float(scale)
+// (the bits launch_dequantize gives with d = 1). partner_row / partner_col (device fp32, or null): the amax of the
+// GEMM's other operand; the operand is then written times gemm_alpha(amax[i], *partner).shift (common/numerics.cuh)
+// and alpha_out[i] = its alpha, so that alpha * op @ B^T, B decoded with d = 1, is the product of the two layouts.
+// alpha_out: fp32 [2] written by one thread (1 where there is no partner), or null.
+struct CastOperands {
+  void* rop = nullptr;
+  void* cop = nullptr;
+  const float* partner_row = nullptr;
+  const float* partner_col = nullptr;
+  float* alpha_out = nullptr;
+};
+
 // NVFP4 cast of X [m, n] (row-major) into the requested layouts, with the global scales from amax [2]
 // (rowwise, columnwise). rd [m, n/2] / rs [m, n/16] rowwise codes / E4M3 scales; cd [n, m/2] / cs [n, m/16]
-// columnwise (of X^T, or of RHT(X^T) with rht); all 16-byte aligned; null where not requested.
-// sr: stochastic rounding with the streams of rng (unused without sr). rop [m, n] / cop [n, m] (X's dtype, 16-byte
-// aligned, or null): the rowwise / columnwise layout also written decoded, e2m1(code) * float(scale) as a GEMM
-// operand (the bits launch_dequantize gives with d = 1); only with 1x16 blocks and where cast_operands_fused says.
+// columnwise (of X^T, or of RHT(X^T) with rht); all 16-byte aligned; null where not requested, and (both of a
+// layout) where only its decoded operand is wanted. sr: stochastic rounding with the streams of rng (unused
+// without sr). ops: the decoded operands, only with 1x16 blocks and where cast_operands_fused says.
 cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,
-                        uint8_t* cd, uint8_t* cs, void* rop, void* cop, bool do_row, bool do_col, bool block_2d,
+                        uint8_t* cd, uint8_t* cs, const CastOperands& ops, bool do_row, bool do_col, bool block_2d,
                         bool rht, bool sr, const CastRng& rng, cudaStream_t stream);
 // Whether launch_cast can write decoded operands for X [m, n] of this dtype at x: the wide kernel's inputs (16-bit,
 // 16-byte aligned rows) with 1x16 blocks.
@@ -90,10 +103,10 @@ cudaError_t launch_swap_first_dims(const SwapPart* parts, int count, int64_t a, 
 cudaError_t launch_check_trailers(const int64_t* trailers, int64_t rows, int64_t stride, int64_t* bad_count,
                                   int64_t* record, cudaStream_t stream);
 
-// out [m, n] (row-major, out_dtype) = *alpha * a [m, k] @ b [n, k]^T + *beta * out, through cublasGemmEx with fp32
-// accumulation; a, b of ab_dtype (bf16 or fp16); alpha and beta fp32 in device memory. Runs on the handle's
-// stream. Returns the cublasStatus_t.
+// out [m, n] (row-major, out_dtype) = *alpha * a [m, k] @ b [n, k]^T + *beta * out (b_kn: b is [k, n] and the
+// product a @ b), through cublasGemmEx with fp32 accumulation; a, b of ab_dtype (bf16 or fp16); alpha and beta fp32
+// in device memory. Runs on the handle's stream. Returns the cublasStatus_t.
 int launch_gemm_alpha(cublasContext* handle, int ab_dtype, int out_dtype, int64_t m, int64_t n, int64_t k,
-                      const void* a, const void* b, const float* alpha, const float* beta, void* out);
+                      const void* a, const void* b, bool b_kn, const float* alpha, const float* beta, void* out);
 
 }  // namespace fp4dist_cuda

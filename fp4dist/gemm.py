@@ -118,3 +118,11 @@ def nvfp4_gemm(a: NVFP4Tensor, b: NVFP4Tensor, *, a_columnwise: bool = False, b_
                          f"{tuple(a_operand.shape)} on {a_operand.device}")
     b_op, alpha, _ = backend.decode_operand_b(b_data, b_scale, a_amax, b_amax, op_dtype)
     return backend.gemm(a_operand, b_op, alpha, out_dtype)
+
+
+def operand_gemm(a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype, *,
+                 b_kn: bool = False) -> torch.Tensor:
+    """C [M, N] = alpha * A [M, K] @ B^T for B [N, K] (``b_kn``: A @ B for B [K, N]): one GEMM of operands already
+    decoded, A scaled for the pair and alpha as :meth:`NVFP4Quantizer.quantize_for_gemm` gives them, B decoded with
+    d = 1 (fp32 accumulation, one rounding to ``out_dtype``). On the backend of A's device."""
+    return backends.select("auto", a_op.device).gemm(a_op, b_op, alpha, out_dtype, b_kn=b_kn)

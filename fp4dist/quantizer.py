@@ -178,10 +178,32 @@ class NVFP4Quantizer:
         for a layout not made or not asked for in ``operands`` (rowwise, columnwise). On a GPU the cast kernel
         writes them in its own pass (bf16/fp16 input of the operands' dtype with 1x16 blocks), so the GEMM reads
         them without a decode launch."""
-        return self._quantize(x, amax, rng_offset, row_offset, rowwise, columnwise, None, (operand_dtype, *operands))
+        tensor, rop, cop, _ = self._quantize(x, amax, rng_offset, row_offset, rowwise, columnwise, None,
+                                             (operand_dtype, *operands, (None, None), (True, True)))
+        return tensor, rop, cop
+
+    def quantize_for_gemm(self, x: torch.Tensor, *, operand_dtype: torch.dtype, partner_amax,
+                          amax: torch.Tensor | None = None, rng_offset: int | torch.Tensor = 0,
+                          row_offset: int = 0, rowwise: bool | None = None, columnwise: bool | None = None,
+                          keep_codes: tuple[bool, bool] = (True, True)):
+        """X's layouts as operand A of their GEMMs: (tensor, rowwise operand [m, n], columnwise operand [n, m],
+        alpha fp32 [2]) for :func:`fp4dist.gemm.operand_gemm`.
+
+        ``partner_amax``: (rowwise, columnwise) the fp32 one-element amax of the other operand of the GEMM each layout
+        is operand A of, or None for a layout whose operand is not wanted. Operand i is e2m1(code) * float(scale) *
+        shift_i and alpha[i] the GEMM's alpha, (alpha_i, shift_i) = :func:`fp4dist.format.gemm_alpha`(amax_i,
+        partner_i) (alpha[i] = 1 without a partner), so that alpha[i] * A_i @ B^T, B decoded with d = 1, is the
+        product of the two layouts. ``keep_codes``: False for a layout whose codes no one reads: they are not
+        written, and the tensor lacks that layout (its amax included). On a GPU the cast kernel writes the operands
+        and alpha in its own pass where it can (as :meth:`quantize_with_operands`), else one decode launch per
+        operand follows it."""
+        want = (partner_amax[0] is not None, partner_amax[1] is not None)
+        return self._quantize(x, amax, rng_offset, row_offset, rowwise, columnwise, None,
+                              (operand_dtype, *want, tuple(partner_amax), tuple(keep_codes)))
 
     def _quantize(self, x, amax, rng_offset, row_offset, rowwise, columnwise, out, operands):
-        """(NVFP4Tensor, rowwise operand, columnwise operand); operands: None, or (dtype, rowwise?, columnwise?)."""
+        """(NVFP4Tensor, rowwise operand, columnwise operand, alpha); operands: None, or (dtype, rowwise?,
+        columnwise?, partner amaxes, codes kept)."""
         rowwise = self.rowwise if rowwise is None else rowwise
         columnwise = self.columnwise if columnwise is None else columnwise
         if not (rowwise or columnwise):
@@ -202,17 +224,17 @@ class NVFP4Quantizer:
         kw = dict(rowwise=rowwise, columnwise=columnwise, block_2d=self.block_2d, rht=self.rht and columnwise,
                   stochastic_rounding=self.stochastic_rounding, seed=self.seed, rng_offset=rng_offset,
                   row_offset=row_offset)
-        rop = cop = None
+        rop = cop = alpha = None
         if operands is None:
             cast_out = {"out": tuple(out.get(k) for k in _CAST_OUTPUTS)} if out else {}
             rd, rs, cd, cs = backend.cast(x2d, amax, **kw, **cast_out)
         else:
-            dtype, want_row, want_col = operands
-            rd, rs, cd, cs, rop, cop = backend.cast_with_operands(
+            dtype, want_row, want_col, partners, keep = operands
+            rd, rs, cd, cs, rop, cop, alpha = backend.cast_with_operands(
                 x2d, amax, **kw, operand_dtype=dtype, rowwise_operand=want_row and rowwise,
-                columnwise_operand=want_col and columnwise)
+                columnwise_operand=want_col and columnwise, partner_amax=partners, keep_codes=keep)
         amaxes = [None, None]
-        for i, (k, present) in enumerate((("amax_rowwise", rowwise), ("amax_columnwise", columnwise))):
+        for i, (k, present) in enumerate((("amax_rowwise", rd is not None), ("amax_columnwise", cd is not None))):
             if present:
                 amaxes[i] = out[k].copy_(amax[i]) if k in out else amax[i]
         tensor = NVFP4Tensor(
@@ -221,6 +243,6 @@ class NVFP4Quantizer:
             shape=x.shape, dtype=x.dtype, block_2d=self.block_2d, rht=self.rht and columnwise,
             backend=self.backend, stochastic_rounding=self.stochastic_rounding,
             seed=self.seed if self.stochastic_rounding else 0, rng_offset=rng_offset, row_offset=row_offset)
-        return tensor, rop, cop
+        return tensor, rop, cop, alpha
 
     __call__ = quantize

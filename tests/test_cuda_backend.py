@@ -751,7 +751,7 @@ def test_cast_operands_are_the_decoded_layouts(kern, gen, shape, mode, dtype):
     for op_dtype in {dtype, torch.bfloat16}:
         fused = kern.operands_fused(xc, args["block_2d"], op_dtype)
         assert fused == (dtype == op_dtype and dtype != torch.float32 and not args["block_2d"] and shape[1] % 8 == 0)
-        *codes, rop, cop = kern.cast_with_operands(xc, amax, operand_dtype=op_dtype, **args)
+        *codes, rop, cop, _ = kern.cast_with_operands(xc, amax, operand_dtype=op_dtype, **args)
         for name, g, w in zip(NAMES, codes, want):
             if w is None:
                 assert g is None, name
@@ -764,6 +764,48 @@ def test_cast_operands_are_the_decoded_layouts(kern, gen, shape, mode, dtype):
             assert_same_bits(op, kern.dequantize(data, scale, None, op_dtype), f"{what} operand ({mode}, {dtype})")
             assert_same_floats(op, ref.dequantize(data.cpu(), scale.cpu(), None, op_dtype),
                                f"{what} operand vs reference ({mode}, {dtype})")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("shape,mode", [((512, 1024), "both_rht_sr"), ((1168, 1040), "both"), ((1040, 528), "row"),
+                                        ((208, 400), "col_rht"), ((1040, 528), "both_2d")],
+                         ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else c)
+@pytest.mark.parametrize("big", [False, True], ids=["plain", "alpha_overflow"])
+def test_cast_operands_scaled_for_their_gemm_pairs(kern, gen, shape, mode, dtype, big):
+    # with the GEMM partners' amaxes each operand is the layout decoded times gemm_alpha(amax_i, partner_i).shift and
+    # alpha[i] that pair's alpha (in the cast's pass or by a decode after it); without its codes kept a layout's
+    # codes are None and its operand keeps its bits
+    if big and dtype == torch.float16:
+        pytest.skip("fp16 amaxes never make the S_dec product overflow")
+    kw = dict(MODES[mode])
+    x = make_input(shape, dtype, gen, extremes=False)
+    if big:
+        x = (x.double() / x.double().abs().max() * 1e36).to(dtype)
+    args = dict(rowwise=kw["rowwise"], columnwise=kw["columnwise"], block_2d=kw.get("block_2d", False),
+                rht=kw.get("rht", False), stochastic_rounding=kw.get("sr", False), seed=kw.get("seed", 0),
+                rng_offset=kw.get("rng_offset", 0), row_offset=kw.get("row_offset", 0))
+    xc = x.cuda()
+    amax = kern.compute_amax(xc, rht=args["rht"] and args["columnwise"])
+    partners = [torch.tensor([3e38 if big else 7.5]).cuda(), torch.tensor([2e38 if big else 0.25]).cuda()]
+    op_dtype = torch.bfloat16 if dtype == torch.float32 else dtype
+    plain = kern.cast_with_operands(xc, amax, operand_dtype=op_dtype, **args)
+    for keep in ((True, True), (False, False)):
+        *codes, rop, cop, alpha = kern.cast_with_operands(xc, amax, operand_dtype=op_dtype, partner_amax=partners,
+                                                          keep_codes=keep, **args)
+        for i, (op, want_op, present) in enumerate(((rop, plain[4], args["rowwise"]),
+                                                    (cop, plain[5], args["columnwise"]))):
+            want_alpha, shift = fmt.gemm_alpha(amax[i].cpu(), partners[i][0].cpu())
+            if not present:
+                assert op is None and alpha[i].item() == 1.0
+                continue
+            assert (shift.item() == 2.0**110) == big
+            assert_same_floats(alpha[i], want_alpha, f"alpha {i} ({mode}, {dtype})")
+            assert_same_floats(op, (want_op.float() * shift.cuda()).to(op_dtype), f"operand {i} ({mode}, {dtype})")
+            for j in (2 * i, 2 * i + 1):
+                if keep[i]:
+                    assert_same_bits(codes[j], plain[j], f"{NAMES[j]} ({mode}, {dtype})")
+                else:
+                    assert codes[j] is None, NAMES[j]
 
 
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])

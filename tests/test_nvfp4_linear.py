@@ -206,3 +206,42 @@ def test_gemm_with_cast_operands_gives_the_same_bits_cpu(gen):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gemm_with_cast_operands_gives_the_same_bits_cuda(gen, cuda_kernels):
     check_gemm_with_cast_operands("cuda", gen)
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["plain", "alpha_overflow"])
+def test_operands_scaled_for_their_pairs_give_nvfp4_gemms_bits(gen, big):
+    # quantize_for_gemm: each operand A carries its pair's gemm_alpha shift and the GEMM's alpha comes with it, so
+    # alpha * A @ B^T with B decoded with d = 1 (W shared by the forward and the dgrad, as [N, K]) is nvfp4_gemm's
+    # result bit for bit; codes not kept are not in the tensor
+    from fp4dist.gemm import operand_gemm
+
+    x = torch.randn(96, 160, generator=gen) * 5
+    w, dy = torch.randn(48, 160, generator=gen), torch.randn(96, 48, generator=gen)
+    if big:
+        x, w, dy = x / x.abs().max() * 1e38, w / w.abs().max() * 1e38, dy / dy.abs().max() * 1e38
+    x, dy = x.to(torch.bfloat16), dy.to(torch.bfloat16)
+    wq = NVFP4Quantizer(block_2d=True).quantize(w)
+    xquant, gquant = NVFP4Quantizer(rht=True), NVFP4Quantizer(rht=True, stochastic_rounding=True, seed=3)
+    xq = xquant.quantize(x)
+    dyq = gquant.quantize(dy, rng_offset=7)
+    wa = wq.amax_rowwise.reshape(1)
+    got_x, x_row, _, ax = xquant.quantize_for_gemm(x, operand_dtype=torch.float32, partner_amax=(wa, None),
+                                                   keep_codes=(False, True))
+    assert got_x.rowwise_data is None and got_x.amax_rowwise is None
+    assert torch.equal(got_x.columnwise_data, xq.columnwise_data)
+    got_dy, dy_row, dy_col, ad = gquant.quantize_for_gemm(
+        dy, operand_dtype=torch.float32, rng_offset=7, partner_amax=(wa, xq.amax_columnwise.reshape(1)),
+        keep_codes=(False, False))
+    assert got_dy.rowwise_data is None and got_dy.columnwise_data is None
+    if big:
+        assert fmt.gemm_alpha(xq.amax_rowwise, wq.amax_rowwise)[1].item() == 2.0**110
+    w_op = reference.dequantize(wq.rowwise_data, wq.rowwise_scale_inv, None, torch.float32)
+    x_col = reference.dequantize(xq.columnwise_data, xq.columnwise_scale_inv, None, torch.float32)
+    for out_dtype in (torch.bfloat16, torch.float32):
+        pairs = ((operand_gemm(x_row, w_op, ax[0], out_dtype), nvfp4_gemm(xq, wq, out_dtype=out_dtype)),
+                 (operand_gemm(dy_row, w_op, ad[0], out_dtype, b_kn=True),
+                  nvfp4_gemm(dyq, wq, b_columnwise=True, out_dtype=out_dtype)),
+                 (operand_gemm(dy_col, x_col, ad[1], out_dtype),
+                  nvfp4_gemm(dyq, xq, a_columnwise=True, b_columnwise=True, out_dtype=out_dtype)))
+        for i, (got, want) in enumerate(pairs):
+            assert same_bits(got, want), (big, out_dtype, i)

@@ -22,11 +22,15 @@ bool cast_operands_fused(int dtype, const void* x, int64_t m, int64_t n, bool bl
 }
 
 cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const float* amax, uint8_t* rd, uint8_t* rs,
-                        uint8_t* cd, uint8_t* cs, void* rop, void* cop, bool do_row, bool do_col, bool block_2d,
+                        uint8_t* cd, uint8_t* cs, const CastOperands& ops, bool do_row, bool do_col, bool block_2d,
                         bool rht, bool sr, const CastRng& rng, cudaStream_t stream) {
   if (dtype < 0 || dtype > 2) return cudaErrorInvalidValue;
-  if ((rop != nullptr && !do_row) || (cop != nullptr && !do_col)) return cudaErrorInvalidValue;
-  if ((rop != nullptr || cop != nullptr) && !cast_operands_fused(dtype, x, m, n, block_2d)) {
+  if ((ops.rop != nullptr && !do_row) || (ops.cop != nullptr && !do_col)) return cudaErrorInvalidValue;
+  const bool with_ops = ops.rop != nullptr || ops.cop != nullptr || ops.alpha_out != nullptr;
+  if (with_ops && !cast_operands_fused(dtype, x, m, n, block_2d)) return cudaErrorInvalidValue;
+  // a layout cast without codes is one whose operand is written
+  if ((do_row && (rd == nullptr) != (rs == nullptr)) || (do_col && (cd == nullptr) != (cs == nullptr)) ||
+      (do_row && rd == nullptr && ops.rop == nullptr) || (do_col && cd == nullptr && ops.cop == nullptr)) {
     return cudaErrorInvalidValue;
   }
   CastParams p{};
@@ -52,7 +56,10 @@ cudaError_t launch_cast(int dtype, const void* x, int64_t m, int64_t n, const fl
   const int64_t elem_size = dtype == 2 ? 4 : 2;
   p.vec_ok = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && ((n * elem_size) % 16 == 0);
   if (elem_size == 2) {
-    if (wide_kernel_takes(dtype, x, m, n)) return launch_cast_wide(dtype, p, keys, rht, sr, {rop, cop}, stream);
+    if (wide_kernel_takes(dtype, x, m, n)) {
+      return launch_cast_wide(dtype, p, keys, rht, sr,
+                              {ops.rop, ops.cop, ops.partner_row, ops.partner_col, ops.alpha_out}, stream);
+    }
     p.group_rows = 8;
   }
   return launch_cast_tile(dtype, p, keys, rht, sr, stream);

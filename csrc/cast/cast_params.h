@@ -47,6 +47,9 @@ template <>
 struct OperandOut<true> {
   void* rop;  // [m, n] in X's dtype, or null
   void* cop;  // [n, m] in X's dtype, or null
+  const float* partner_row;  // the GEMM partners' amaxes (CastOperands, fp4dist.h), or null
+  const float* partner_col;
+  float* alpha_out;          // [2], or null
 };
 
 // dtype: 0 bf16, 1 fp16, 2 fp32. p: everything but the fields each launcher sets itself (tile counts, the
@@ -56,7 +59,8 @@ struct OperandOut<true> {
 cudaError_t launch_cast_tile(int dtype, const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
                              cudaStream_t stream);
 // The wide kernel: bf16 / fp16 (dtype 0 / 1) only, with p.vec_ok and m, n <= 2^31 - 1 - 512; ops: the decoded
-// operands (1x16 blocks only), null where not wanted.
+// operands (1x16 blocks only), null where not wanted; p.rd / p.cd null with p.do_row / p.do_col where the layout's
+// operand is written without its codes.
 cudaError_t launch_cast_wide(int dtype, const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
                              const OperandOut<true>& ops, cudaStream_t stream);
 

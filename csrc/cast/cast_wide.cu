@@ -120,6 +120,17 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   if (kOps && tid < 16) op_lut[tid] = e2m1_value(static_cast<uint32_t>(tid));
   compute_sync();
   const float k_row = senc_r * kInvSix, k_col = senc_c * kInvSix;
+  // the decoded operands' gemm_alpha shifts (1 without a partner); alpha for the GEMMs, by one thread
+  float shift_r = 1.0f, shift_c = 1.0f;
+  if constexpr (kOps) {
+    const GemmAlpha ga_r = ops.partner_row != nullptr ? gemm_alpha(p.amax[0], *ops.partner_row) : GemmAlpha{1.0f, 1.0f};
+    const GemmAlpha ga_c = ops.partner_col != nullptr ? gemm_alpha(p.amax[1], *ops.partner_col) : GemmAlpha{1.0f, 1.0f};
+    shift_r = ga_r.shift, shift_c = ga_c.shift;
+    if (ops.alpha_out != nullptr && blockIdx.x == 0 && tid == 0) {
+      ops.alpha_out[0] = ga_r.alpha;
+      ops.alpha_out[1] = ga_c.alpha;
+    }
+  }
   const float* etab_r = etab;
   const float* etab_c = etab + 128;
   const int g = warp >> 3, pair = ((warp & 7) << 5) | lane, cpair = 2 * pair;  // column task
@@ -134,6 +145,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   // Its codes and scale bytes into the column stages: [q][g][column ^ 4q] x 8 bytes (conflict-free here and in
   // the write-out) and [block of the unit][column].
   const auto stage_column = [&](uint8_t* stage, int q, int k, uint4 codes, uint16_t scales) {
+    if (p.cd == nullptr) return;  // the operand alone
     *reinterpret_cast<uint4*>(stage + ((q * 2 + g) * kCols + (cpair ^ (q << 2))) * 8) = codes;
     *reinterpret_cast<uint16_t*>(col_scales + (k * 2 + g) * kCols + cpair) = scales;
   };
@@ -150,14 +162,16 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
     const uint2 codes = row_block_codes<T, SR>(p, v, bits, etab_r[s], static_cast<uint32_t>(row + i),
                                                static_cast<uint32_t>(C0 + lane * 16));
     if (2 * warp + i < rows && lane * 16 < cols) {
-      *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;
-      rs_p[i * sstride] = static_cast<uint8_t>(s);
+      if (p.rd != nullptr) {
+        *reinterpret_cast<uint2*>(rd_p + i * rstride) = codes;
+        rs_p[i * sstride] = static_cast<uint8_t>(s);
+      }
       if constexpr (kOps) {
         if (ops.rop != nullptr) {
           T* row_p = static_cast<T*>(ops.rop) + static_cast<int64_t>(row + i) * n;
           uint4* d = reinterpret_cast<uint4*>(row_p + C0 + lane * 16);
-          d[0] = dequant_group<T>(codes.x, static_cast<uint8_t>(s), 1.0f, op_lut);
-          d[1] = dequant_group<T>(codes.y, static_cast<uint8_t>(s), 1.0f, op_lut);
+          d[0] = dequant_group_pow2<T>(codes.x, static_cast<uint8_t>(s), shift_r, op_lut);
+          d[1] = dequant_group_pow2<T>(codes.y, static_cast<uint8_t>(s), shift_r, op_lut);
         }
       }
     }
@@ -170,13 +184,13 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
       T* base = static_cast<T*>(ops.cop) + static_cast<int64_t>(C0 + cpair) * m + r0 + g * 16;
       if (cpair < cols) {
         uint4* d = reinterpret_cast<uint4*>(base);
-        d[0] = dequant_group<T>(codes.x, static_cast<uint8_t>(scales), 1.0f, op_lut);
-        d[1] = dequant_group<T>(codes.y, static_cast<uint8_t>(scales), 1.0f, op_lut);
+        d[0] = dequant_group_pow2<T>(codes.x, static_cast<uint8_t>(scales), shift_c, op_lut);
+        d[1] = dequant_group_pow2<T>(codes.y, static_cast<uint8_t>(scales), shift_c, op_lut);
       }
       if (cpair + 1 < cols) {
         uint4* d = reinterpret_cast<uint4*>(base + m);
-        d[0] = dequant_group<T>(codes.z, static_cast<uint8_t>(scales >> 8), 1.0f, op_lut);
-        d[1] = dequant_group<T>(codes.w, static_cast<uint8_t>(scales >> 8), 1.0f, op_lut);
+        d[0] = dequant_group_pow2<T>(codes.z, static_cast<uint8_t>(scales >> 8), shift_c, op_lut);
+        d[1] = dequant_group_pow2<T>(codes.w, static_cast<uint8_t>(scales >> 8), shift_c, op_lut);
       }
     }
   };
@@ -185,12 +199,14 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
     const int R0 = static_cast<int>(unit / units_x) * U, C0 = static_cast<int>(unit % units_x) * kCols;
     const int cols = min(kCols, n - C0), unit_rows = min(U, m - R0);
     // this lane's rowwise codes / scale of row 2 warp in the unit's first sub-tile
-    uint8_t* const rd_unit = p.do_row ? p.rd + static_cast<int64_t>(R0 + 2 * warp) * rstride + C0 / 2 + lane * 8 : nullptr;
-    uint8_t* const rs_unit = p.do_row ? p.rs + static_cast<int64_t>(R0 + 2 * warp) * sstride + C0 / 16 + lane : nullptr;
+    uint8_t* const rd_unit =
+        p.rd != nullptr ? p.rd + static_cast<int64_t>(R0 + 2 * warp) * rstride + C0 / 2 + lane * 8 : nullptr;
+    uint8_t* const rs_unit =
+        p.rs != nullptr ? p.rs + static_cast<int64_t>(R0 + 2 * warp) * sstride + C0 / 16 + lane : nullptr;
     for (int k = 0; k * kSubRows < unit_rows; ++k, ++seq) {
       const int slot = seq % kStages;
       const int r0 = R0 + k * kSubRows, rows = min(kSubRows, unit_rows - k * kSubRows);
-      uint8_t* const rd_p = rd_unit + k * rd_step;  // used only when p.do_row
+      uint8_t* const rd_p = rd_unit + k * rd_step;  // used only when p.rd is set
       uint8_t* const rs_p = rs_unit + k * rs_step;
       const int q = k & 3;  // 32-row piece of the 128-row chunk
       uint8_t* stage = col_stage + (chunk_seq & 1) * kColStageBytes;
@@ -331,7 +347,7 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
         }
       }
 
-      if (!p.do_col || (q != 3 && !last_sub)) continue;
+      if (!p.do_col || p.cd == nullptr || (q != 3 && !last_sub)) continue;
       // ---- columnwise codes of the 128-row chunk: 4 lanes per column, 64 contiguous bytes. Columns
       // [64 j, 64 j + 64) were staged by warps j and j + 8 only, so only those two wait for each other ----
       column_pair_sync(warp & 7);
@@ -436,7 +452,8 @@ cudaError_t launch_cast_wide_b(const CastParams& p, const SrKeySource<true>& key
 template <typename T>
 cudaError_t launch_cast_wide_dtype(const CastParams& p, const SrKeySource<true>& keys, bool rht, bool sr,
                                    const OperandOut<true>& ops, cudaStream_t stream) {
-  const bool with_ops = ops.rop != nullptr || ops.cop != nullptr;  // never with 16x16 tiles (launch_cast)
+  // never with 16x16 tiles (launch_cast)
+  const bool with_ops = ops.rop != nullptr || ops.cop != nullptr || ops.alpha_out != nullptr;
   if (p.do_row && p.do_col && !p.block_2d) {
     return with_ops ? launch_cast_wide_b<T, true, true>(p, keys, rht, sr, ops, stream)
                     : launch_cast_wide_b<T, true, false>(p, keys, rht, sr, ops, stream);

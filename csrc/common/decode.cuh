@@ -35,20 +35,36 @@ struct DequantIO<float> {
   using In = uint16_t;
 };
 
-// kG codes (code i in nibble i of codes) with scale byte s: (lut[code] * float(s)) * dec, as one 16-byte vector.
-template <typename O>
-__device__ __forceinline__ uint4 dequant_group(uint32_t codes, uint8_t s, float dec, const float* lut) {
+// kG codes (code i in nibble i of codes) decoded with the block scale's value f: lut[code] * f, then times dec
+// when kDec, as one 16-byte vector.
+template <typename O, bool kDec>
+__device__ __forceinline__ uint4 dequant_scaled(uint32_t codes, float f, float dec, const float* lut) {
   constexpr int kG = DequantIO<O>::kG;
-  const float f = e4m3_to_float(s);
   float v[kG];
 #pragma unroll
-  for (int i = 0; i < kG; ++i) v[i] = (lut[(codes >> (4 * i)) & 0xfu] * f) * dec;
+  for (int i = 0; i < kG; ++i) {
+    const float scaled = lut[(codes >> (4 * i)) & 0xfu] * f;
+    v[i] = kDec ? scaled * dec : scaled;
+  }
   if constexpr (kG == 4) {
     return make_uint4(f2u(v[0]), f2u(v[1]), f2u(v[2]), f2u(v[3]));
   } else {
     return make_uint4(DequantIO<O>::pack(v[0], v[1]), DequantIO<O>::pack(v[2], v[3]),
                       DequantIO<O>::pack(v[4], v[5]), DequantIO<O>::pack(v[6], v[7]));
   }
+}
+
+// kG codes with scale byte s: (lut[code] * float(s)) * dec.
+template <typename O>
+__device__ __forceinline__ uint4 dequant_group(uint32_t codes, uint8_t s, float dec, const float* lut) {
+  return dequant_scaled<O, true>(codes, e4m3_to_float(s), dec, lut);
+}
+
+// The same bits for a power of two dec (gemm_alpha's shift) that keeps every value finite: lut[code] * float(s) is
+// exact, so multiplying it or the scale by the power of two gives one value; here the scale, once per group.
+template <typename O>
+__device__ __forceinline__ uint4 dequant_group_pow2(uint32_t codes, uint8_t s, float pow2, const float* lut) {
+  return dequant_scaled<O, false>(codes, e4m3_to_float(s) * pow2, 1.0f, lut);
 }
 
 }  // namespace fp4dist_cuda

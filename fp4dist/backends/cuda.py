@@ -109,10 +109,12 @@ def available() -> bool:
     return _ext is not None
 
 
-def gemm_alpha(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """alpha * a [M, K] @ b [N, K]^T in out_dtype; a, b bf16 or fp16, fp32 accumulation, alpha an fp32 CUDA scalar."""
-    out = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
-    _kernels().gemm_alpha(a.contiguous(), b.contiguous(), alpha.reshape(1).float().contiguous(), out)
+def gemm_alpha(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype,
+               b_kn: bool = False) -> torch.Tensor:
+    """alpha * a [M, K] @ b [N, K]^T (``b_kn``: a @ b [K, N]) in out_dtype; a, b bf16 or fp16, fp32 accumulation,
+    alpha an fp32 CUDA scalar."""
+    out = torch.empty((a.shape[0], b.shape[1] if b_kn else b.shape[0]), dtype=out_dtype, device=a.device)
+    _kernels().gemm_alpha(a.contiguous(), b.contiguous(), alpha.reshape(1).float().contiguous(), out, bool(b_kn))
     return out
 
 
@@ -178,7 +180,8 @@ def _check_rng_offset(rng_offset, device: torch.device) -> None:
 
 def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
          rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int,
-         out=None, streams: tuple[int, int] | None = None, operands=None):
+         out=None, streams: tuple[int, int] | None = None, operands=None, partners=(None, None), alpha_out=None,
+         codes=(True, True)):
     """Quantize X [m, n] into the requested layouts (see reference.cast); ``out`` may hold preallocated
     (rowwise_data, rowwise_scale_inv, columnwise_data, columnwise_scale_inv), None where not requested.
 
@@ -187,7 +190,9 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
     one-element int64 tensor on x2d's device, read by the kernels themselves (its 64 bits are the offset): the
     host never waits for it. ``operands``: (rowwise [m, n], columnwise [n, m]) tensors of x2d's dtype, None where
     not wanted, that the kernel also writes the decoded layouts into (GEMM operands, see cast_with_operands); only
-    where :func:`operands_fused` holds.
+    where :func:`operands_fused` holds. ``partners`` / ``alpha_out`` (fp32 [2]): see cast_with_operands.
+    ``codes``: (rowwise, columnwise) False for a layout whose operand alone is wanted: its codes are not written and
+    None is returned for them.
     """
     _check_x(x2d)
     m, n = x2d.shape
@@ -213,21 +218,25 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
     if len(o) != 4:
         raise ValueError("out must be a tuple of 4 (rowwise_data, rowwise_scale_inv, columnwise_data, "
                          "columnwise_scale_inv)")
+    rop, cop = operands if operands is not None else (None, None)
+    if (not codes[0] and rowwise and rop is None) or (not codes[1] and columnwise and cop is None):
+        raise ValueError("cast: a layout without its codes must have its decoded operand written")
     rd = rs = cd = cs = None
-    if rowwise:
+    if rowwise and codes[0]:
         rd = _out_or_new(o[0], (m, n // 2), torch.uint8, dev, "rowwise_data")
         rs = _out_or_new(o[1], (m, n // 16), torch.float8_e4m3fn, dev, "rowwise_scale_inv")
-    if columnwise:
+    if columnwise and codes[1]:
         cd = _out_or_new(o[2], (n, m // 2), torch.uint8, dev, "columnwise_data")
         cs = _out_or_new(o[3], (n, m // 16), torch.float8_e4m3fn, dev, "columnwise_scale_inv")
     if x2d.numel():
-        empty = _empty(dev, torch.uint8)
-        rop, cop = operands if operands is not None else (None, None)
+        empty, no_f = _empty(dev, torch.uint8), _empty(dev, torch.float32)
         no_op = _empty(dev, x2d.dtype)
         args = (_aligned(x2d), amax,
                 rd if rd is not None else empty, rs.view(torch.uint8) if rs is not None else empty,
                 cd if cd is not None else empty, cs.view(torch.uint8) if cs is not None else empty,
                 rop if rop is not None else no_op, cop if cop is not None else no_op,
+                _scalar_or_empty(partners[0], dev, "partner amax"), _scalar_or_empty(partners[1], dev, "partner amax"),
+                alpha_out if alpha_out is not None else no_f,
                 bool(rowwise), bool(columnwise), bool(block_2d), bool(rht), bool(stochastic_rounding))
         if stochastic_rounding and isinstance(rng_offset, torch.Tensor):
             _kernels().cast_device_key(*args, _int64_bits(seed), rng_offset, stream_row, stream_col,
@@ -256,25 +265,46 @@ def operands_fused(x2d: torch.Tensor, block_2d: bool, operand_dtype: torch.dtype
 def cast_with_operands(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
                        rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor,
                        row_offset: int, operand_dtype: torch.dtype, rowwise_operand: bool = True,
-                       columnwise_operand: bool = True, out=None):
-    """:func:`cast` and the cast layouts decoded as GEMM operands (reference.cast_with_operands): in the cast's own
-    pass where :func:`operands_fused` holds, else by a dequantize launch per layout after it."""
+                       columnwise_operand: bool = True, partner_amax=(None, None), keep_codes=(True, True),
+                       out=None):
+    """:func:`cast` and the cast layouts decoded as GEMM operands, scaled for their GEMMs' pairs, with the GEMMs'
+    alpha (reference.cast_with_operands): in the cast's own pass where :func:`operands_fused` holds, else by a
+    decode launch per layout after it."""
     _check_x(x2d)
     _check_out_dtype(operand_dtype)
     m, n = x2d.shape
+    dev = x2d.device
+    want_row, want_col = rowwise and rowwise_operand, columnwise and columnwise_operand
+    partners = tuple(p if want else None for p, want in zip(partner_amax, (want_row, want_col)))
+    skip = (want_row and not keep_codes[0], want_col and not keep_codes[1])
     kw = dict(rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht,
               stochastic_rounding=stochastic_rounding, seed=seed, rng_offset=rng_offset, row_offset=row_offset,
               out=out)
-    want_row, want_col = rowwise and rowwise_operand, columnwise and columnwise_operand
-    if operands_fused(x2d, block_2d, operand_dtype):
-        rop = torch.empty((m, n), dtype=operand_dtype, device=x2d.device) if want_row else None
-        cop = torch.empty((n, m), dtype=operand_dtype, device=x2d.device) if want_col else None
-        rd, rs, cd, cs = cast(x2d, amax, operands=(rop, cop), **kw)
-        return rd, rs, cd, cs, rop, cop
-    rd, rs, cd, cs = cast(x2d, amax, **kw)
-    rop = dequantize(rd, rs, None, operand_dtype) if want_row else None
-    cop = dequantize(cd, cs, None, operand_dtype) if want_col else None
-    return rd, rs, cd, cs, rop, cop
+    if operands_fused(x2d, block_2d, operand_dtype) and x2d.numel():  # alpha written by the cast kernel
+        alpha = torch.empty(2, dtype=torch.float32, device=dev)
+        rop = torch.empty((m, n), dtype=operand_dtype, device=dev) if want_row else None
+        cop = torch.empty((n, m), dtype=operand_dtype, device=dev) if want_col else None
+        rd, rs, cd, cs = cast(x2d, amax, operands=(rop, cop), partners=partners, alpha_out=alpha,
+                              codes=(not skip[0], not skip[1]), **kw)
+        return rd, rs, cd, cs, rop, cop, alpha
+    # the cast, then one decode launch per operand; with a partner, decode_operand_b with the roles swapped (the same
+    # shift and alpha, format.gemm_alpha), which writes alpha even for an empty X
+    layouts = cast(x2d, amax, **kw)
+    ops, alphas = [None, None], []
+    for i, want in enumerate((want_row, want_col)):
+        data, scale = layouts[2 * i], layouts[2 * i + 1]
+        if want and partners[i] is not None:
+            ops[i], pair_alpha, _ = decode_operand_b(data, scale, partners[i], amax.reshape(2)[i], operand_dtype)
+            alphas.append(pair_alpha)
+        else:
+            ops[i] = dequantize(data, scale, None, operand_dtype) if want else None
+            alphas.append(torch.ones((), dtype=torch.float32, device=dev))
+    rd, rs, cd, cs = layouts
+    if skip[0]:
+        rd = rs = None
+    if skip[1]:
+        cd = cs = None
+    return rd, rs, cd, cs, ops[0], ops[1], torch.stack(alphas)
 
 
 def _check_out_dtype(out_dtype: torch.dtype) -> None:

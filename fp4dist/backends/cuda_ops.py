@@ -7,12 +7,13 @@ without graph breaks. The module-level functions below are the :class:`fp4dist.b
 | op                           | inputs                                   | outputs                              |
 | fp4dist::amax                | x [m, n] bf16/fp16/fp32                  | fp32 [2]                             |
 | fp4dist::cast                | x, amax fp32 [2], rng_offset int64 [1]   | writes the four layout tensors       |
-| fp4dist::cast_operands       | as cast, and the operands' dtype         | writes the four, returns the decoded |
-|                              |                                          | rowwise [m, n] / columnwise [n, m]   |
+| fp4dist::cast_operands       | as cast, the operands' dtype, the GEMM   | writes the codes kept, returns the   |
+|                              | partners' amaxes, which codes to keep    | decoded rowwise [m, n] / columnwise  |
+|                              |                                          | [n, m] and the two alphas fp32 [2]   |
 | fp4dist::dequantize          | codes uint8 [r, k/2], scales [r, k/16]   | [r, k] in out_dtype                  |
 | fp4dist::decode_operands     | two (codes, scales), two amaxes          | A, B (out_dtype), alpha, shift fp32  |
 | fp4dist::decode_operand_b    | B's (codes, scales), two amaxes          | B * shift (out_dtype), alpha, shift  |
-| fp4dist::gemm                | A [M, K], B [N, K], alpha fp32 [1]       | [M, N] in out_dtype                  |
+| fp4dist::gemm                | A [M, K], B [N, K] (or [K, N]), alpha    | [M, N] in out_dtype                  |
 | fp4dist::swap_first_dims     | t [a, b, ...]                            | [b, a, ...]                          |
 | fp4dist::swap_first_dims_parts | bytes, parts [a, b_k, R_k] (strided)   | uint8: the parts as [b_k, a, R_k]    |
 | fp4dist::check_trailers      | gathered bytes, count, record int64      | updates count and record             |
@@ -74,26 +75,29 @@ def _cast_operands(x2d: torch.Tensor, amax: torch.Tensor, rng_offset: torch.Tens
                    rowwise_data: torch.Tensor, rowwise_scale: torch.Tensor, columnwise_data: torch.Tensor,
                    columnwise_scale: torch.Tensor, rowwise: bool, columnwise: bool, block_2d: bool, rht: bool,
                    stochastic_rounding: bool, seed: int, rng_offset_int: int, row_offset: int,
-                   operand_dtype: torch.dtype, rowwise_operand: bool, columnwise_operand: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    *_, rop, cop = cuda.cast_with_operands(
+                   operand_dtype: torch.dtype, rowwise_operand: bool, columnwise_operand: bool,
+                   partner_row: torch.Tensor | None, partner_col: torch.Tensor | None, row_codes: bool,
+                   col_codes: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # the code tensors not to write arrive empty (cast_with_operands below)
+    *_, rop, cop, alpha = cuda.cast_with_operands(
         x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht,
         stochastic_rounding=stochastic_rounding, seed=seed % _U64,
         rng_offset=rng_offset if rng_offset is not None else rng_offset_int, row_offset=row_offset,
         operand_dtype=operand_dtype, rowwise_operand=rowwise_operand, columnwise_operand=columnwise_operand,
-        out=(rowwise_data if rowwise else None, rowwise_scale if rowwise else None,
-             columnwise_data if columnwise else None, columnwise_scale if columnwise else None))
+        partner_amax=(partner_row, partner_col), keep_codes=(row_codes, col_codes),
+        out=tuple(t if t.numel() else None for t in (rowwise_data, rowwise_scale, columnwise_data, columnwise_scale)))
     none = x2d.new_empty(0, dtype=operand_dtype)
-    return (rop if rop is not None else none), (cop if cop is not None else none.clone())
+    return (rop if rop is not None else none), (cop if cop is not None else none.clone()), alpha
 
 
 @_cast_operands.register_fake
 def _(x2d, amax, rng_offset, rowwise_data, rowwise_scale, columnwise_data, columnwise_scale, rowwise, columnwise,
       block_2d, rht, stochastic_rounding, seed, rng_offset_int, row_offset, operand_dtype, rowwise_operand,
-      columnwise_operand):
+      columnwise_operand, partner_row, partner_col, row_codes, col_codes):
     m, n = x2d.shape
     return (x2d.new_empty((m, n) if rowwise and rowwise_operand else (0,), dtype=operand_dtype),
-            x2d.new_empty((n, m) if columnwise and columnwise_operand else (0,), dtype=operand_dtype))
+            x2d.new_empty((n, m) if columnwise and columnwise_operand else (0,), dtype=operand_dtype),
+            x2d.new_empty(2, dtype=torch.float32))
 
 
 @torch.library.custom_op("fp4dist::dequantize", mutates_args=(), device_types="cuda")
@@ -134,13 +138,14 @@ def _(b_data, b_scale, amax_a, amax_b, out_dtype):
 
 
 @torch.library.custom_op("fp4dist::gemm", mutates_args=(), device_types="cuda")
-def _gemm(a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    return cuda.gemm_alpha(a_op, b_op, alpha, out_dtype)
+def _gemm(a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype,
+          b_kn: bool = False) -> torch.Tensor:
+    return cuda.gemm_alpha(a_op, b_op, alpha, out_dtype, b_kn)
 
 
 @_gemm.register_fake
-def _(a_op, b_op, alpha, out_dtype):
-    return a_op.new_empty((a_op.shape[0], b_op.shape[0]), dtype=out_dtype)
+def _(a_op, b_op, alpha, out_dtype, b_kn=False):
+    return a_op.new_empty((a_op.shape[0], b_op.shape[1] if b_kn else b_op.shape[0]), dtype=out_dtype)
 
 
 @torch.library.custom_op("fp4dist::swap_first_dims", mutates_args=(), device_types="cuda")
@@ -215,31 +220,34 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
 def cast_with_operands(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
                        rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor,
                        row_offset: int, operand_dtype: torch.dtype, rowwise_operand: bool = True,
-                       columnwise_operand: bool = True):
+                       columnwise_operand: bool = True, partner_amax=(None, None), keep_codes=(True, True)):
     """As :meth:`Backend.cast_with_operands`."""
     if not torch.compiler.is_compiling():
         return cuda.cast_with_operands(x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht,
                                        stochastic_rounding=stochastic_rounding, seed=seed, rng_offset=rng_offset,
                                        row_offset=row_offset, operand_dtype=operand_dtype,
-                                       rowwise_operand=rowwise_operand, columnwise_operand=columnwise_operand)
+                                       rowwise_operand=rowwise_operand, columnwise_operand=columnwise_operand,
+                                       partner_amax=partner_amax, keep_codes=keep_codes)
     m, n = x2d.shape
+    want_row, want_col = rowwise and rowwise_operand, columnwise and columnwise_operand
+    row_codes, col_codes = rowwise and (keep_codes[0] or not want_row), columnwise and (keep_codes[1] or not want_col)
     new = lambda shape, dtype: torch.empty(shape, dtype=dtype, device=x2d.device)
     empty = new((0,), torch.uint8)
-    rd = new((m, n // 2), torch.uint8) if rowwise else empty
-    rs = new((m, n // 16), torch.float8_e4m3fn) if rowwise else empty
-    cd = new((n, m // 2), torch.uint8) if columnwise else empty
-    cs = new((n, m // 16), torch.float8_e4m3fn) if columnwise else empty
+    rd = new((m, n // 2), torch.uint8) if row_codes else empty
+    rs = new((m, n // 16), torch.float8_e4m3fn) if row_codes else empty
+    cd = new((n, m // 2), torch.uint8) if col_codes else empty
+    cs = new((n, m // 16), torch.float8_e4m3fn) if col_codes else empty
     offset_t = rng_offset if isinstance(rng_offset, torch.Tensor) else None
     offset_i = 0 if offset_t is not None else int(rng_offset)
-    rop, cop = torch.ops.fp4dist.cast_operands(x2d, amax, offset_t, rd, rs, cd, cs, rowwise, columnwise, block_2d,
-                                               rht, stochastic_rounding, _signed64(seed), _signed64(offset_i),
-                                               row_offset, operand_dtype, rowwise_operand, columnwise_operand)
-    if not rowwise:
+    rop, cop, alpha = torch.ops.fp4dist.cast_operands(
+        x2d, amax, offset_t, rd, rs, cd, cs, rowwise, columnwise, block_2d, rht, stochastic_rounding, _signed64(seed),
+        _signed64(offset_i), row_offset, operand_dtype, rowwise_operand, columnwise_operand,
+        partner_amax[0] if want_row else None, partner_amax[1] if want_col else None, row_codes, col_codes)
+    if not row_codes:
         rd = rs = None
-    if not columnwise:
+    if not col_codes:
         cd = cs = None
-    return (rd, rs, cd, cs, rop if rowwise and rowwise_operand else None,
-            cop if columnwise and columnwise_operand else None)
+    return rd, rs, cd, cs, rop if want_row else None, cop if want_col else None, alpha
 
 
 def dequantize(data, scale_inv, decode_scale, out_dtype, *, amax=None):
@@ -262,10 +270,10 @@ def decode_operand_b(b_data, b_scale, amax_a, amax_b, out_dtype):
     return torch.ops.fp4dist.decode_operand_b(b_data, b_scale, amax_a, amax_b, out_dtype)
 
 
-def gemm(a_op, b_op, alpha, out_dtype):
+def gemm(a_op, b_op, alpha, out_dtype, *, b_kn: bool = False):
     if not torch.compiler.is_compiling():
-        return cuda.gemm_alpha(a_op, b_op, alpha, out_dtype)
-    return torch.ops.fp4dist.gemm(a_op, b_op, alpha, out_dtype)
+        return cuda.gemm_alpha(a_op, b_op, alpha, out_dtype, b_kn)
+    return torch.ops.fp4dist.gemm(a_op, b_op, alpha, out_dtype, b_kn)
 
 
 def swap_first_dims(t):

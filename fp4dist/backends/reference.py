@@ -99,16 +99,33 @@ def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bo
 def cast_with_operands(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
                        rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor,
                        row_offset: int, operand_dtype: torch.dtype, rowwise_operand: bool = True,
-                       columnwise_operand: bool = True):
-    """cast's four results and the layouts decoded as GEMM operands, e2m1(code) * float(scale) in ``operand_dtype``
-    (rowwise [m, n], columnwise [n, m]): (rd, rs, cd, cs, rowwise_operand, columnwise_operand), None where not
-    cast or not asked for."""
+                       columnwise_operand: bool = True, partner_amax=(None, None), keep_codes=(True, True)):
+    """cast's four results, the layouts decoded as GEMM operands in ``operand_dtype`` (rowwise [m, n], columnwise
+    [n, m]) and the GEMMs' alphas: (rd, rs, cd, cs, rowwise_operand, columnwise_operand, alpha fp32 [2]). An operand
+    is e2m1(code) * float(scale) * shift and alpha[i] the alpha of format.gemm_alpha(amax[i], partner_amax[i]) where
+    that partner is given (else shift = 1, alpha[i] = 1). None where not cast or not asked for, and for the codes of
+    a layout whose ``keep_codes`` entry is False and whose operand is made."""
     rd, rs, cd, cs = cast(x2d, amax, rowwise=rowwise, columnwise=columnwise, block_2d=block_2d, rht=rht,
                           stochastic_rounding=stochastic_rounding, seed=seed, rng_offset=rng_offset,
                           row_offset=row_offset)
-    rop = dequantize(rd, rs, None, operand_dtype) if rowwise and rowwise_operand else None
-    cop = dequantize(cd, cs, None, operand_dtype) if columnwise and columnwise_operand else None
-    return rd, rs, cd, cs, rop, cop
+    amax2 = amax.reshape(2).float()
+    ops, alphas = [None, None], []
+    for i, (data, scale, want) in enumerate(((rd, rs, rowwise and rowwise_operand),
+                                             (cd, cs, columnwise and columnwise_operand))):
+        partner = partner_amax[i] if want else None
+        if partner is None:
+            alphas.append(torch.ones((), dtype=torch.float32, device=x2d.device))
+            if want:
+                ops[i] = dequantize(data, scale, None, operand_dtype)
+            continue
+        alpha, shift = fmt.gemm_alpha(amax2[i], partner.reshape(()).float())
+        alphas.append(alpha)
+        ops[i] = (dequantize(data, scale, None, torch.float32) * shift).to(operand_dtype)
+    if ops[0] is not None and not keep_codes[0]:
+        rd = rs = None
+    if ops[1] is not None and not keep_codes[1]:
+        cd = cs = None
+    return rd, rs, cd, cs, ops[0], ops[1], torch.stack(alphas)
 
 
 def dequantize(data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
@@ -138,9 +155,11 @@ def decode_operand_b(b_data, b_scale, amax_a, amax_b, out_dtype):
     return (b_op * shift).to(out_dtype), alpha, shift
 
 
-def gemm(a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """alpha * (a_op @ b_op^T) accumulated in fp32, one rounding to out_dtype."""
-    return ((a_op.float() @ b_op.float().t()) * alpha).to(out_dtype)
+def gemm(a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype, *,
+         b_kn: bool = False) -> torch.Tensor:
+    """alpha * (a_op @ b_op^T) (``b_kn``: a_op @ b_op) accumulated in fp32, one rounding to out_dtype."""
+    b = b_op.float() if b_kn else b_op.float().t()
+    return ((a_op.float() @ b) * alpha).to(out_dtype)
 
 
 def swap_first_dims(t: torch.Tensor) -> torch.Tensor:

@@ -1,29 +1,28 @@
 """The eager NVFP4 linear in one extension call per pass: what :class:`NVFP4LinearFunction` runs outside
 torch.compile when a call qualifies, for the host time of an eager step.
 
-The Python path of a linear (quantizer -> NVFP4Tensor -> nvfp4_gemm -> backend) makes 12 launches and about
-40 allocations per forward + backward, each through several layers of checks: ~1 ms of host time per linear,
-so an eager NVFP4 step waits on the host. Here the extension's ``linear_forward`` / ``linear_backward`` make
-the same launches with the same arguments (amax, cast with the activation side's decoded operands, W's cast,
-the decode of the other operand, the GEMM), hence the same bits, allocating with ``at::empty``:
+The Python path of a linear (quantizer -> backend launchers, through several layers of checks) costs about 1 ms
+of host time per linear, so an eager NVFP4 step would wait on the host. Here the extension's ``linear_forward`` /
+``linear_backward`` make the same launches with the same arguments as :mod:`fp4dist.parallel.nvfp4_function`,
+hence the same bits, allocating with ``at::empty``:
 
-    forward:  amax(X), cast(X -> rowwise + operand, columnwise RHT if wgrad), amax(W), cast(W), decode(W), GEMM
-    backward: amax(dY), cast(dY -> both layouts + both operands, SR keys on the device),
-              decode(W columnwise), GEMM (dX); decode(X columnwise), GEMM (dW)
+    forward:  amax(W), amax(X), cast(X -> operand A for (X, W) and alpha, columnwise RHT codes if wgrad),
+              cast(W), decode(W), GEMM
+    backward: amax(dY), cast(dY -> both operands for (dY, W) and (dY^T, X^T) and their alphas, SR keys on the
+              device), GEMM (dX, with W's forward operand), decode(X columnwise), GEMM (dW)
 
 A call qualifies when the linear is local (no sequence parallelism, no pre-gathered input: TP=1, or a TP shard
 whose communication happens outside the linear), on the CUDA backend, with bf16 / fp16 X, shapes that need no
-padding (m, K and N multiples of 16), contiguous 16-byte aligned X and W, and the recipe's layouts: X and W round to nearest, X in 1x16 blocks, W without the RHT, dY in 1x16 blocks,
-the wgrad operands of X's dtype (``operand_dtype(W.dtype) == X.dtype``). Anything else takes the Python path.
+padding (m, K and N multiples of 16), contiguous 16-byte aligned X and W, and the recipe's layouts: X and W round
+to nearest, X in 1x16 blocks, W without the RHT, dY in 1x16 blocks. Anything else takes the Python path.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fp4dist import backends
+from fp4dist import backends, rng
 from fp4dist.backends import reference
-from fp4dist.gemm import operand_dtype
 
 ENABLED = True  #: tests switch it off to compare against the Python path
 _DW_DTYPE = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
@@ -46,7 +45,7 @@ def kernels_for(x: torch.Tensor, weight: torch.Tensor, rng_offset, cfg, gathered
         return None
     if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype not in _DW_DTYPE:
         return None
-    if weight.dim() != 2 or weight.device != x.device or operand_dtype(weight.dtype, x.device) != x.dtype:
+    if weight.dim() != 2 or weight.device != x.device:
         return None
     k, n = x.shape[-1], weight.shape[0]
     m = x.numel() // k if k else 0
@@ -65,12 +64,14 @@ def kernels_for(x: torch.Tensor, weight: torch.Tensor, rng_offset, cfg, gathered
 
 
 def forward(kernels, ctx, x: torch.Tensor, weight: torch.Tensor, rng_offset: torch.Tensor, cfg) -> torch.Tensor:
-    """Y [..., N] = X W^T; saves X's and W's columnwise layouts (and the SR offset) for :func:`backward`."""
+    """Y [..., N] = X W^T; saves X's columnwise layout, W's operand for the dgrad (and the SR offset) for
+    :func:`backward`."""
     need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     y, *saved = kernels.linear_forward(x.reshape(-1, x.shape[-1]), weight, need_dx, need_dw,
                                        cfg.input_quantizer.rht, cfg.weight_quantizer.block_2d)
     ctx.save_for_backward(*saved, rng_offset)
     ctx.eager_kernels, ctx.cfg, ctx.w_dtype = kernels, cfg, weight.dtype
+    ctx.w_shared = cfg.weight_quantizer.block_2d  # W's decoded operand saved (linear_forward)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -84,6 +85,8 @@ def backward(ctx, dy: torch.Tensor):
     dy2d = dy.reshape(-1, dy.shape[-1])
     if not _aligned_2d(dy2d):
         dy2d = dy2d.clone(memory_format=torch.contiguous_format)
-    dx, dw = ctx.eager_kernels.linear_backward(dy2d, *saved, rng_offset, need_dx, need_dw, gq.rht,
-                                               gq.stochastic_rounding, _int64_bits(gq.seed), _DW_DTYPE[ctx.w_dtype])
+    stream_row, stream_col = rng.layout_streams(gq.block_2d)
+    dx, dw = ctx.eager_kernels.linear_backward(dy2d, *saved, rng_offset, need_dx, need_dw, ctx.w_shared, gq.rht,
+                                               gq.stochastic_rounding, _int64_bits(gq.seed), stream_row, stream_col,
+                                               _DW_DTYPE[ctx.w_dtype])
     return (dx.reshape(*dy.shape[:-1], dx.shape[-1]) if need_dx else None), (dw if need_dw else None)

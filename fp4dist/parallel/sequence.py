@@ -36,7 +36,7 @@ class _GatherSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, quantizer: NVFP4Quantizer, group, columnwise: bool, out: list):
         ctx.group = group
-        handle, rows, _ = quantize_input(quantizer, x, group, columnwise)
+        handle, rows = quantize_input(quantizer, x, group, columnwise)
         xq = handle.wait()
         k = x.shape[-1]
         values = rows.unpad(xq.decode_layout(False, x.dtype).reshape(rows.groups * rows.padded, -1))[:, :k]
