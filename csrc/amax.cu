@@ -148,6 +148,11 @@ cudaError_t launch_amax(int dtype, const void* x, int64_t m, int64_t n, bool rht
   // the CTAs atomicMax their maxima (fp32 bits of values >= 0) into out: start from +0
   const cudaError_t err = cudaMemsetAsync(out, 0, 2 * sizeof(float), stream);
   if (err != cudaSuccess) return err;
+  return launch_amax_into(dtype, x, m, n, rht, out, stream);
+}
+
+cudaError_t launch_amax_into(int dtype, const void* x, int64_t m, int64_t n, bool rht, float* out,
+                             cudaStream_t stream) {
   switch (dtype) {
     case 0: return launch_amax_t<__nv_bfloat16>(x, m, n, rht, out, stream);
     case 1: return launch_amax_t<__half>(x, m, n, rht, out, stream);

@@ -162,16 +162,35 @@ void cast_device_key(const at::Tensor& x, const at::Tensor& amax, const at::Tens
                       block_2d, rht, sr, rng);
 }
 
-void amax(const at::Tensor& x, const at::Tensor& out, bool rht) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D CUDA tensor");
+void check_amax_args(const at::Tensor& x, const at::Tensor& out, int64_t numel, bool rht, const char* name) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), name, ": inputs must be contiguous 2-D CUDA tensors");
   TORCH_CHECK(out.is_cuda() && out.device() == x.device() && out.scalar_type() == at::kFloat &&
-                  out.is_contiguous() && out.numel() == 2,
-              "out must be a contiguous fp32 CUDA tensor of 2 elements");
-  if (rht) TORCH_CHECK(x.size(0) % 16 == 0, "the RHT amax needs m % 16 == 0");
+                  out.is_contiguous() && out.numel() == numel,
+              name, ": out must be a contiguous fp32 CUDA tensor of ", numel, " elements on the inputs' device");
+  if (rht) TORCH_CHECK(x.size(0) % 16 == 0, name, ": the RHT amax needs m % 16 == 0");
+}
+
+// out fp32 [2] = (max|X|, max|columnwise source|), see fp4dist_cuda::launch_amax.
+void amax(const at::Tensor& x, const at::Tensor& out, bool rht) {
+  check_amax_args(x, out, 2, rht, "amax");
   const c10::cuda::CUDAGuard guard(x.device());
   check_cuda(fp4dist_cuda::launch_amax(dtype_code(x), x.data_ptr(), x.size(0), x.size(1), rht, out.data_ptr<float>(),
                                        c10::cuda::getCurrentCUDAStream().stream()),
              "amax");
+}
+
+// out fp32 [4] = (amax(a) [2], amax(b) [2]): one memset for both amax passes.
+void amax_pair(const at::Tensor& a, bool rht_a, const at::Tensor& b, bool rht_b, const at::Tensor& out) {
+  check_amax_args(a, out, 4, rht_a, "amax_pair");
+  check_amax_args(b, out, 4, rht_b, "amax_pair");
+  const c10::cuda::CUDAGuard guard(a.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  float* o = out.data_ptr<float>();
+  check_cuda(cudaMemsetAsync(o, 0, 4 * sizeof(float), stream), "amax_pair");
+  check_cuda(fp4dist_cuda::launch_amax_into(dtype_code(a), a.data_ptr(), a.size(0), a.size(1), rht_a, o, stream),
+             "amax_pair");
+  check_cuda(fp4dist_cuda::launch_amax_into(dtype_code(b), b.data_ptr(), b.size(0), b.size(1), rht_b, o + 2, stream),
+             "amax_pair");
 }
 
 // data [R, row_bytes] (contiguous) or [G, R, row_bytes] (rows contiguous, any 8-byte multiple between slices),
@@ -531,11 +550,10 @@ std::vector<at::Tensor> linear_forward(const at::Tensor& x, const at::Tensor& w,
   const at::ScalarType u8 = at::kByte, e4m3 = at::kFloat8_e4m3fn, f32 = at::kFloat;
   const at::Tensor none = empty_like_opts(x, {0}, u8), no_x = empty_like_opts(x, {0}, x.scalar_type());
   const at::Tensor no_w = empty_like_opts(w, {0}, w.scalar_type()), no_f = empty_like_opts(x, {0}, f32);
-  // amax of W first: X's cast scales its operand for the pair (X, W) and writes the GEMM's alpha
-  const at::Tensor amax_w = empty_like_opts(w, {2}, f32);
-  amax(w, amax_w, false);
-  const at::Tensor amax_x = empty_like_opts(x, {2}, f32);
-  amax(x, amax_x, x_rht && need_dw);
+  // the amaxes of W and X (one memset): X's cast scales its operand for the pair (X, W) and writes the GEMM's alpha
+  const at::Tensor amax_wx = empty_like_opts(x, {4}, f32);
+  amax_pair(w, false, x, x_rht && need_dw, amax_wx);
+  const at::Tensor amax_w = amax_wx.narrow(0, 0, 2), amax_x = amax_wx.narrow(0, 2, 2);
   // X: the GEMM's operand A (no rowwise codes) and (wgrad) the columnwise layout
   const at::Tensor x_cd = need_dw ? empty_like_opts(x, {k, m / 2}, u8) : none;
   const at::Tensor x_cs = need_dw ? empty_like_opts(x, {k, m / 16}, e4m3) : none;
@@ -619,6 +637,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cast", &cast, "NVFP4 cast pass (rowwise and/or columnwise), SR keys from the host");
   m.def("cast_device_key", &cast_device_key, "NVFP4 cast pass, SR keys from (seed, device rng_offset, streams)");
   m.def("amax", &amax, "amax pass: out[0] = max|X|, out[1] = max|columnwise source|");
+  m.def("amax_pair", &amax_pair, "two amax passes into out [4] after one memset");
   m.def("dequantize", &dequantize, "NVFP4 dequantize of one layout (2-D, or 3-D slices)");
   m.def("decode_operands", &decode_operands, "a GEMM's two NVFP4 operands without global scales, alpha, shift");
   m.def("decode_operand_b", &decode_operand_b, "a GEMM's operand B with the pair's shift, alpha, shift");

@@ -51,6 +51,10 @@ bool cast_operands_fused(int dtype, const void* x, int64_t m, int64_t n, bool bl
 // out: fp32 [2] (any contents: the launcher zeroes it on the stream first) = (max|X|, max|RHT(X^T)|) with
 // rht, (max|X|, max|X|) without; NaN propagates. An empty X gives (0, 0).
 cudaError_t launch_amax(int dtype, const void* x, int64_t m, int64_t n, bool rht, float* out, cudaStream_t stream);
+// launch_amax without the zeroing: out must already hold +0 (the CTAs atomicMax into it), e.g. one of several amax
+// outputs that the caller zeroed with one memset.
+cudaError_t launch_amax_into(int dtype, const void* x, int64_t m, int64_t n, bool rht, float* out,
+                             cudaStream_t stream);
 
 // One NVFP4 layout to decode: G slices of R rows of row_bytes code bytes (2 codes each, element 2i in the low
 // nibble) and row_bytes / 8 E4M3 scale bytes (one per 16 codes), both row-major inside a slice. Slice s starts at

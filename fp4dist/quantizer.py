@@ -246,3 +246,19 @@ class NVFP4Quantizer:
         return tensor, rop, cop, alpha
 
     __call__ = quantize
+
+
+def compute_amax_pair(qa: NVFP4Quantizer, a: torch.Tensor, qb: NVFP4Quantizer, b: torch.Tensor, *,
+                      columnwise_a: bool, columnwise_b: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(qa.compute_amax(a, columnwise=columnwise_a), qb.compute_amax(b, columnwise=columnwise_b)), each fp32 [2].
+    When both quantizers use one backend on one device and neither reduces over a group, the two passes write one
+    buffer (on a GPU zeroed by one memset, not two): the same values."""
+    backend = backends.select(qa.backend, a.device)
+    if (backend is not backends.select(qb.backend, b.device) or a.device != b.device
+            or qa.amax_group is not None or qb.amax_group is not None):
+        return qa.compute_amax(a, columnwise=columnwise_a), qb.compute_amax(b, columnwise=columnwise_b)
+    qa.check_input(a, None, columnwise_a)
+    qb.check_input(b, None, columnwise_b)
+    a2d, b2d = (t.detach().reshape(-1, t.shape[-1]).contiguous() for t in (a, b))
+    both = backend.compute_amax_pair(a2d, b2d, rht_a=qa.rht and columnwise_a, rht_b=qb.rht and columnwise_b)
+    return both[0:2], both[2:4]

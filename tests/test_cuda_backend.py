@@ -276,6 +276,23 @@ def test_amax_matches_reference(kern, gen, shape, dtype, rht):
     assert_same_floats(got, want, f"amax {dtype} {shape} rht={rht}")
 
 
+@pytest.mark.parametrize("rht_b", [False, True])
+@pytest.mark.parametrize("b_shape", [(8192, 1024), (48, 80), (0, 64)], ids=lambda s: "x".join(map(str, s)))
+def test_amax_pair_is_two_amax_passes(kern, gen, b_shape, rht_b):
+    # one buffer, zeroed once, for an fp32 W and a bf16 X: each half is its own pass, whatever the buffer held
+    # before (the launcher zeroes it) and however the two maxima compare (W the larger, so a pass that wrote into the
+    # other's half would show)
+    w = make_input((1024, 4096), torch.float32, gen) * 1e3
+    x = make_input(b_shape, torch.bfloat16, gen) if b_shape[0] else torch.empty(b_shape, dtype=torch.bfloat16)
+    out = torch.full((4,), 3e38, dtype=torch.float32, device="cuda")
+    kern._kernels().amax_pair(w.cuda(), False, x.cuda(), rht_b, out)
+    want_x = ref.compute_amax(x, rht=rht_b) if b_shape[0] else torch.zeros(2)
+    assert_same_floats(out[:2], ref.compute_amax(w, rht=False), "amax_pair: W's half")
+    assert_same_floats(out[2:], want_x, f"amax_pair: X's half {b_shape} rht={rht_b}")
+    got = kern.compute_amax_pair(w.cuda(), x.cuda(), rht_a=False, rht_b=rht_b)
+    assert_same_floats(got, out, "compute_amax_pair")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_rht_amax_of_a_view_at_an_odd_element_offset(kern, gen, dtype):
     # X starting one element into its storage: the column pairs are not aligned to two elements, so the pass takes

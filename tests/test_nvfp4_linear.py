@@ -208,6 +208,23 @@ def test_gemm_with_cast_operands_gives_the_same_bits_cuda(gen, cuda_kernels):
     check_gemm_with_cast_operands("cuda", gen)
 
 
+@pytest.mark.parametrize("columnwise_b", [False, True])
+def test_amax_pair_is_each_quantizers_amax(gen, columnwise_b):
+    # the amaxes of W and X in one buffer are what each quantizer's compute_amax gives, the RHT'd columnwise amax of X
+    # included
+    from fp4dist.quantizer import compute_amax_pair
+
+    w = torch.randn(48, 160, generator=gen) * 1e3
+    x = (torch.randn(96, 160, generator=gen) * torch.rand(96, 1, generator=gen)).to(torch.bfloat16)
+    wquant, xquant = NVFP4Quantizer(block_2d=True), NVFP4Quantizer(rht=True)
+    want = (wquant.compute_amax(w, columnwise=True), xquant.compute_amax(x, columnwise=columnwise_b))
+    if columnwise_b:
+        assert want[1][0] != want[1][1]  # the RHT'd amax differs from max|X|, so a swap would show
+    got = compute_amax_pair(wquant, w, xquant, x, columnwise_a=True, columnwise_b=columnwise_b)
+    for g, wnt in zip(got, want):
+        assert g.shape == (2,) and torch.equal(g, wnt)
+
+
 @pytest.mark.parametrize("big", [False, True], ids=["plain", "alpha_overflow"])
 def test_operands_scaled_for_their_pairs_give_nvfp4_gemms_bits(gen, big):
     # quantize_for_gemm: each operand A carries its pair's gemm_alpha shift and the GEMM's alpha comes with it, so

@@ -27,6 +27,9 @@ class Backend(Protocol):
     def compute_amax(self, x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
         """fp32 [2]: (max|X|, max|columnwise source|), the second taken after the RHT when ``rht``."""
 
+    def compute_amax_pair(self, a2d: torch.Tensor, b2d: torch.Tensor, *, rht_a: bool, rht_b: bool) -> torch.Tensor:
+        """fp32 [4]: compute_amax of a2d, then of b2d (on a GPU two passes and one memset of their output)."""
+
     def cast(self, x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool,
              rht: bool, stochastic_rounding: bool, seed: int, rng_offset: int | torch.Tensor, row_offset: int,
              out=None):

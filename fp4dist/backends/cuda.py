@@ -152,6 +152,19 @@ def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
     return out
 
 
+def compute_amax_pair(a2d: torch.Tensor, b2d: torch.Tensor, *, rht_a: bool, rht_b: bool) -> torch.Tensor:
+    """fp32 [4]: compute_amax(a2d) then compute_amax(b2d), both passes writing into one buffer zeroed once."""
+    for x2d, rht in ((a2d, rht_a), (b2d, rht_b)):
+        _check_x(x2d)
+        if rht and x2d.shape[0] % 16:
+            raise ValueError(f"the RHT runs over 16-row chunks of X: m must be a multiple of 16, got {x2d.shape[0]}")
+    if a2d.device != b2d.device:
+        raise ValueError(f"compute_amax_pair: both inputs must be on one device, got {a2d.device} and {b2d.device}")
+    out = torch.empty(4, dtype=torch.float32, device=a2d.device)  # zeroed by the launcher
+    _kernels().amax_pair(_aligned(a2d), bool(rht_a), _aligned(b2d), bool(rht_b), out)
+    return out
+
+
 def _out_or_new(t, shape, dtype, device, name):
     if t is None:
         return torch.empty(shape, dtype=dtype, device=device)

@@ -6,6 +6,7 @@ without graph breaks. The module-level functions below are the :class:`fp4dist.b
 
 | op                           | inputs                                   | outputs                              |
 | fp4dist::amax                | x [m, n] bf16/fp16/fp32                  | fp32 [2]                             |
+| fp4dist::amax_pair           | a, b as x of amax                        | fp32 [4]: amax(a), amax(b)           |
 | fp4dist::cast                | x, amax fp32 [2], rng_offset int64 [1]   | writes the four layout tensors       |
 | fp4dist::cast_operands       | as cast, the operands' dtype, the GEMM   | writes the codes kept, returns the   |
 |                              | partners' amaxes, which codes to keep    | decoded rowwise [m, n] / columnwise  |
@@ -46,6 +47,16 @@ def _amax(x2d: torch.Tensor, rht: bool) -> torch.Tensor:
 @_amax.register_fake
 def _(x2d, rht):
     return x2d.new_empty(2, dtype=torch.float32)
+
+
+@torch.library.custom_op("fp4dist::amax_pair", mutates_args=(), device_types="cuda")
+def _amax_pair(a2d: torch.Tensor, b2d: torch.Tensor, rht_a: bool, rht_b: bool) -> torch.Tensor:
+    return cuda.compute_amax_pair(a2d, b2d, rht_a=rht_a, rht_b=rht_b)
+
+
+@_amax_pair.register_fake
+def _(a2d, b2d, rht_a, rht_b):
+    return a2d.new_empty(4, dtype=torch.float32)
 
 
 @torch.library.custom_op("fp4dist::cast",
@@ -188,6 +199,12 @@ def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
     if not torch.compiler.is_compiling():
         return cuda.compute_amax(x2d, rht=rht)
     return torch.ops.fp4dist.amax(x2d, rht)
+
+
+def compute_amax_pair(a2d: torch.Tensor, b2d: torch.Tensor, *, rht_a: bool, rht_b: bool) -> torch.Tensor:
+    if not torch.compiler.is_compiling():
+        return cuda.compute_amax_pair(a2d, b2d, rht_a=rht_a, rht_b=rht_b)
+    return torch.ops.fp4dist.amax_pair(a2d, b2d, rht_a, rht_b)
 
 
 def cast(x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool, block_2d: bool, rht: bool,

@@ -29,6 +29,10 @@ def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
     return torch.stack((row_amax, col_amax))
 
 
+def compute_amax_pair(a2d: torch.Tensor, b2d: torch.Tensor, *, rht_a: bool, rht_b: bool) -> torch.Tensor:
+    return torch.cat((compute_amax(a2d, rht=rht_a), compute_amax(b2d, rht=rht_b)))
+
+
 def _block_amax(v: torch.Tensor, block_2d: bool) -> torch.Tensor:
     """fp32 [R, C] -> per-block max|v| [R, C/16] (2D: per 16x16 tile, repeated for its 16 rows)."""
     rows, cols = v.shape

@@ -6,7 +6,7 @@ of host time per linear, so an eager NVFP4 step would wait on the host. Here the
 ``linear_backward`` make the same launches with the same arguments as :mod:`fp4dist.parallel.nvfp4_function`,
 hence the same bits, allocating with ``at::empty``:
 
-    forward:  amax(W), amax(X), cast(X -> operand A for (X, W) and alpha, columnwise RHT codes if wgrad),
+    forward:  amax(W), amax(X) (one memset), cast(X -> operand A for (X, W) and alpha, columnwise RHT codes if wgrad),
               cast(W), decode(W), GEMM
     backward: amax(dY), cast(dY -> both operands for (dY, W) and (dY^T, X^T) and their alphas, SR keys on the
               device), GEMM (dX, with W's forward operand), decode(X columnwise), GEMM (dW)

@@ -29,10 +29,11 @@ rowwise codes (a local X) and both of dY's.
 
 Each GEMM multiplies operand A, decoded by its cast and scaled for the pair (gemm_alpha's power-of-two shift), by
 operand B decoded with d = 1, with the alpha the cast wrote (``NVFP4Quantizer.quantize_for_gemm``). On a GPU a
-local linear costs 11 launches plus the 3 amax memsets: forward amax of W, amax + cast of X (operand A and alpha),
-cast of W, one decode of W, one GEMM; backward amax + cast of dY (both operands A and both alphas), the dgrad GEMM,
-one decode of X's columnwise layout, the wgrad GEMM. A gathered X is decoded at the GEMM with its shift and alpha. In
-eager mode a call that qualifies makes those launches from one extension call per pass
+local linear costs 11 launches plus 2 amax memsets: forward the amaxes of W and X (into one buffer, one memset),
+the cast of X (operand A and alpha), the cast of W, one decode of W, one GEMM; backward amax + cast of dY (both
+operands A and both alphas), the dgrad GEMM, one decode of X's columnwise layout, the wgrad GEMM. A gathered X is
+decoded at the GEMM with its shift and alpha. In eager mode a call that qualifies makes those launches from one
+extension call per pass
 (:mod:`fp4dist.parallel.eager_linear`). Autocast is off inside: NVFP4 GEMMs keep their own precision (the semantics
 of ``torch.amp.custom_fwd`` / ``custom_bwd`` with the input cast to the autocast dtype).
 """
@@ -50,7 +51,7 @@ from fp4dist.gather_buffer import quantize_for_gather
 from fp4dist.gemm import operand_dtype
 from fp4dist.parallel import eager_linear
 from fp4dist.parallel.comm import group_size, reduce_scatter_dim0
-from fp4dist.quantizer import NVFP4Quantizer, RowBlocks, pad_last_dim, pad_matrix
+from fp4dist.quantizer import NVFP4Quantizer, RowBlocks, compute_amax_pair, pad_last_dim, pad_matrix
 from fp4dist.tensor import NVFP4Tensor
 
 
@@ -125,15 +126,18 @@ def _forward(x, weight, cfg, gathered, need_dx, need_dw):
     elif not local:
         pending, rows = quantize_input(xquant, x, cfg.sp_group, columnwise=need_dw)
         lead = (rows.groups * x.shape[0], *x.shape[1:-1])
-    amax_w = wquant.compute_amax(w, columnwise=w_cols)
     if local:  # X's cast writes operand A scaled for the pair (X, W), and the GEMM's alpha; no rowwise codes
         x2d = pad_last_dim(x.reshape(-1, x.shape[-1]))
         rows = RowBlocks.of(1, x2d.shape[0], pad=need_dw)
-        xq, x_op, _, alpha = xquant.quantize_for_gemm(rows.pad_shard(x2d), operand_dtype=op_dtype,
+        x2d = rows.pad_shard(x2d)
+        amax_w, amax_x = compute_amax_pair(wquant, w, xquant, x2d, columnwise_a=w_cols, columnwise_b=need_dw)
+        xq, x_op, _, alpha = xquant.quantize_for_gemm(x2d, operand_dtype=op_dtype, amax=amax_x,
                                                       partner_amax=(amax_w[0:1], None), columnwise=need_dw,
                                                       keep_codes=(False, True))
         alpha = alpha[0]
         lead = x.shape[:-1]
+    else:
+        amax_w = wquant.compute_amax(w, columnwise=w_cols)
     wq = wquant.quantize(w, amax=amax_w, columnwise=w_cols)
     w_backend = backends.select(wquant.backend, w.device)
     w_op = w_backend.dequantize(wq.rowwise_data, wq.rowwise_scale_inv, None, op_dtype)
