@@ -41,12 +41,16 @@ class Backend(Protocol):
     def cast_with_operands(self, x2d: torch.Tensor, amax: torch.Tensor, *, rowwise: bool, columnwise: bool,
                            block_2d: bool, rht: bool, stochastic_rounding: bool, seed: int,
                            rng_offset: int | torch.Tensor, row_offset: int, operand_dtype: torch.dtype,
-                           rowwise_operand: bool = True, columnwise_operand: bool = True):
-        """cast's four results and the cast layouts decoded as GEMM operands: (rd, rs, cd, cs, rowwise_operand
-        [m, n], columnwise_operand [n, m]) in ``operand_dtype``, e2m1(code) * float(scale) (what dequantize gives
-        with d = 1), None where not cast or not asked for. The CUDA kernels write the operands in the cast's own
-        pass where they can (bf16/fp16 X of the operands' dtype, 16-byte aligned rows, 1x16 blocks), else decode
-        them after it."""
+                           rowwise_operand: bool = True, columnwise_operand: bool = True,
+                           partner_amax=(None, None), keep_codes=(True, True)):
+        """cast's four results, the cast layouts decoded as GEMM operands and the GEMMs' alphas: (rd, rs, cd, cs,
+        rowwise_operand [m, n], columnwise_operand [n, m], alpha fp32 [2]), operands in ``operand_dtype``. Operand
+        i is e2m1(code) * float(scale) * shift_i with (alpha[i], shift_i) = format.gemm_alpha(amax[i],
+        partner_amax[i]) where that partner (an fp32 one-element amax of the GEMM's other operand) is given, else
+        shift_i = alpha[i] = 1 (what dequantize gives with d = 1). None where not cast or not asked for, and for
+        the codes of a layout whose ``keep_codes`` entry is False and whose operand is made. The CUDA kernels
+        write the operands and alpha in the cast's own pass where they can (bf16/fp16 X of the operands' dtype,
+        16-byte aligned rows, 1x16 blocks), else decode them after it."""
 
     def dequantize(self, data: torch.Tensor, scale_inv: torch.Tensor, decode_scale: torch.Tensor | None,
                    out_dtype: torch.dtype, *, amax: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,9 +66,10 @@ class Backend(Protocol):
         shift): B decoded times ``shift``; alpha * A @ B^T equals the product of decode_operands' results bit for
         bit (a power-of-two shift scales the same exact products wherever it is applied)."""
 
-    def gemm(self, a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor,
-             out_dtype: torch.dtype) -> torch.Tensor:
-        """alpha * A [M, K] @ B [N, K]^T, fp32 accumulation, one rounding to out_dtype."""
+    def gemm(self, a_op: torch.Tensor, b_op: torch.Tensor, alpha: torch.Tensor, out_dtype: torch.dtype, *,
+             b_kn: bool = False) -> torch.Tensor:
+        """alpha * A [M, K] @ B [N, K]^T (``b_kn``: A @ B for B [K, N]), fp32 accumulation, one rounding to
+        out_dtype."""
 
     def swap_first_dims(self, t: torch.Tensor) -> torch.Tensor:
         """[a, b, ...] -> [b, a, ...], contiguous."""
