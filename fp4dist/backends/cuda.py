@@ -141,12 +141,15 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
     return x if x.data_ptr() % 16 == 0 else x.clone()
 
 
+def _check_amax_input(x2d: torch.Tensor, rht: bool) -> None:
+    _check_x(x2d)
+    if rht and x2d.shape[0] % 16:
+        raise ValueError(f"the RHT runs over 16-row chunks of X: m must be a multiple of 16, got {x2d.shape[0]}")
+
+
 def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
     """fp32 [2]: (max|X|, max|columnwise source|), the second after the RHT when ``rht``. NaN propagates."""
-    _check_x(x2d)
-    m, n = x2d.shape
-    if rht and m % 16:
-        raise ValueError(f"the RHT runs over 16-row chunks of X: m must be a multiple of 16, got {m}")
+    _check_amax_input(x2d, rht)
     out = torch.empty(2, dtype=torch.float32, device=x2d.device)  # zeroed by the kernels' launcher
     _kernels().amax(_aligned(x2d), out, bool(rht))
     return out
@@ -154,10 +157,8 @@ def compute_amax(x2d: torch.Tensor, *, rht: bool) -> torch.Tensor:
 
 def compute_amax_pair(a2d: torch.Tensor, b2d: torch.Tensor, *, rht_a: bool, rht_b: bool) -> torch.Tensor:
     """fp32 [4]: compute_amax(a2d) then compute_amax(b2d), both passes writing into one buffer zeroed once."""
-    for x2d, rht in ((a2d, rht_a), (b2d, rht_b)):
-        _check_x(x2d)
-        if rht and x2d.shape[0] % 16:
-            raise ValueError(f"the RHT runs over 16-row chunks of X: m must be a multiple of 16, got {x2d.shape[0]}")
+    _check_amax_input(a2d, rht_a)
+    _check_amax_input(b2d, rht_b)
     if a2d.device != b2d.device:
         raise ValueError(f"compute_amax_pair: both inputs must be on one device, got {a2d.device} and {b2d.device}")
     out = torch.empty(4, dtype=torch.float32, device=a2d.device)  # zeroed by the launcher
