@@ -33,9 +33,8 @@ local linear costs 11 launches plus 2 amax memsets: forward the amaxes of W and 
 the cast of X (operand A and alpha), the cast of W, one decode of W, one GEMM; backward amax + cast of dY (both
 operands A and both alphas), the dgrad GEMM, one decode of X's columnwise layout, the wgrad GEMM. A gathered X is
 decoded at the GEMM with its shift and alpha. In eager mode a call that qualifies makes those launches from one
-extension call per pass
-(:mod:`fp4dist.parallel.eager_linear`). Autocast is off inside: NVFP4 GEMMs keep their own precision (the semantics
-of ``torch.amp.custom_fwd`` / ``custom_bwd`` with the input cast to the autocast dtype).
+extension call per pass (:mod:`fp4dist.parallel.eager_linear`). Autocast is off inside: NVFP4 GEMMs keep their own
+precision (the semantics of ``torch.amp.custom_fwd`` / ``custom_bwd`` with the input cast to the autocast dtype).
 """
 
 from __future__ import annotations
