@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -65,6 +66,14 @@ const float* optional_scalar(const at::Tensor& t, const at::Tensor& like, const 
   return t.data_ptr<float>();
 }
 
+// t as a contiguous fp32 CUDA tensor of numel elements on like's device.
+float* f32_vector_ptr(const at::Tensor& t, const at::Tensor& like, int64_t numel, const char* what) {
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+                  t.numel() == numel,
+              what, " must be a contiguous fp32 CUDA tensor of ", numel, " elements on ", like.device());
+  return t.data_ptr<float>();
+}
+
 // The GEMM partners' amaxes and the alpha output of a cast's decoded operands (fp4dist_cuda::CastOperands), each
 // empty where not given.
 struct OperandPairs {
@@ -78,9 +87,7 @@ void launch_cast_checked(const at::Tensor& x, const at::Tensor& amax, const at::
                          const OperandPairs& pairs, bool do_row, bool do_col, bool block_2d, bool rht, bool sr,
                          const fp4dist_cuda::CastRng& rng) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D CUDA tensor");
-  TORCH_CHECK(amax.is_cuda() && amax.device() == x.device() && amax.scalar_type() == at::kFloat &&
-                  amax.is_contiguous() && amax.numel() == 2,
-              "amax must be a contiguous fp32 CUDA tensor of 2 elements");
+  float* const amax_p = f32_vector_ptr(amax, x, 2, "cast: amax");
   const int64_t m = x.size(0), n = x.size(1);
   void* const rop_p = operand_ptr(rop, x, m, n, "rowwise_operand");
   void* const cop_p = operand_ptr(cop, x, n, m, "columnwise_operand");
@@ -89,13 +96,17 @@ void launch_cast_checked(const at::Tensor& x, const at::Tensor& amax, const at::
   const bool col_codes = do_col && (cop_p == nullptr || cd.numel() != 0 || cs.numel() != 0);
   if (do_row) {
     TORCH_CHECK(n % 16 == 0, "rowwise needs n % 16 == 0");
-    if (row_codes) check_byte_tensor(rd, x, m, n / 2, "rowwise_data");
-    if (row_codes) check_byte_tensor(rs, x, m, n / 16, "rowwise_scale_inv");
+    if (row_codes) {
+      check_byte_tensor(rd, x, m, n / 2, "rowwise_data");
+      check_byte_tensor(rs, x, m, n / 16, "rowwise_scale_inv");
+    }
   }
   if (do_col) {
     TORCH_CHECK(m % 16 == 0, "columnwise needs m % 16 == 0");
-    if (col_codes) check_byte_tensor(cd, x, n, m / 2, "columnwise_data");
-    if (col_codes) check_byte_tensor(cs, x, n, m / 16, "columnwise_scale_inv");
+    if (col_codes) {
+      check_byte_tensor(cd, x, n, m / 2, "columnwise_data");
+      check_byte_tensor(cs, x, n, m / 16, "columnwise_scale_inv");
+    }
   }
   if (block_2d) TORCH_CHECK(m % 16 == 0 && n % 16 == 0, "block_2d needs m % 16 == 0 and n % 16 == 0");
   TORCH_CHECK((rop_p == nullptr || do_row) && (cop_p == nullptr || do_col),
@@ -107,18 +118,12 @@ void launch_cast_checked(const at::Tensor& x, const at::Tensor& amax, const at::
   ops.partner_col = optional_scalar(pairs.partner_col, x, "partner_col");
   TORCH_CHECK((ops.partner_row == nullptr || rop_p != nullptr) && (ops.partner_col == nullptr || cop_p != nullptr),
               "cast: a GEMM partner's amax needs its layout's decoded operand");
-  if (pairs.alpha_out.numel() != 0) {
-    TORCH_CHECK(pairs.alpha_out.is_cuda() && pairs.alpha_out.device() == x.device() &&
-                    pairs.alpha_out.scalar_type() == at::kFloat && pairs.alpha_out.is_contiguous() &&
-                    pairs.alpha_out.numel() == 2,
-                "cast: alpha_out must be a contiguous fp32 tensor of 2 elements on ", x.device());
-    ops.alpha_out = pairs.alpha_out.data_ptr<float>();
-  }
+  if (pairs.alpha_out.numel() != 0) ops.alpha_out = f32_vector_ptr(pairs.alpha_out, x, 2, "cast: alpha_out");
   TORCH_CHECK((rop_p == nullptr && cop_p == nullptr && ops.alpha_out == nullptr) ||
                   fp4dist_cuda::cast_operands_fused(dtype_code(x), x.data_ptr(), m, n, block_2d),
               "cast: decoded operands need a bf16/fp16 X with 16-byte aligned rows and 1x16 blocks");
   const c10::cuda::CUDAGuard guard(x.device());
-  check_cuda(fp4dist_cuda::launch_cast(dtype_code(x), x.data_ptr(), m, n, amax.data_ptr<float>(),
+  check_cuda(fp4dist_cuda::launch_cast(dtype_code(x), x.data_ptr(), m, n, amax_p,
                                        row_codes ? byte_ptr(rd) : nullptr, row_codes ? byte_ptr(rs) : nullptr,
                                        col_codes ? byte_ptr(cd) : nullptr, col_codes ? byte_ptr(cs) : nullptr, ops,
                                        do_row, do_col, block_2d, rht, sr, rng,
@@ -164,9 +169,7 @@ void cast_device_key(const at::Tensor& x, const at::Tensor& amax, const at::Tens
 
 void check_amax_args(const at::Tensor& x, const at::Tensor& out, int64_t numel, bool rht, const char* name) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), name, ": inputs must be contiguous 2-D CUDA tensors");
-  TORCH_CHECK(out.is_cuda() && out.device() == x.device() && out.scalar_type() == at::kFloat &&
-                  out.is_contiguous() && out.numel() == numel,
-              name, ": out must be a contiguous fp32 CUDA tensor of ", numel, " elements on the inputs' device");
+  f32_vector_ptr(out, x, numel, (std::string(name) + ": out").c_str());
   if (rht) TORCH_CHECK(x.size(0) % 16 == 0, name, ": the RHT amax needs m % 16 == 0");
 }
 
