@@ -7,7 +7,6 @@
 
 #include "common/dtype_traits.cuh"
 #include "common/launch.cuh"
-#include "common/pdl.cuh"
 #include "common/numerics.cuh"
 #include "cast/rht_source.cuh"
 #include "fp4dist.h"
@@ -41,7 +40,6 @@ __device__ __forceinline__ void block_max_atomic(uint32_t v0, uint32_t v1, float
 
 template <typename T>
 __global__ void __launch_bounds__(256) amax_kernel(const T* x, int64_t numel, int vec_ok, float* out) {
-  grid_dependency_sync();
   using TT = Tr<T>;
   using P = typename TT::P;
   typename TT::Acc acc = TT::acc_zero();
@@ -85,7 +83,6 @@ __global__ void __launch_bounds__(256) amax_kernel(const T* x, int64_t numel, in
 // by + gridDim.y, ...: a warp's 16 row loads are 128 (256 for fp32) contiguous bytes each.
 template <typename T, bool kPairs>
 __global__ void __launch_bounds__(256, 4) amax_rht_kernel(const T* x, int64_t m, int64_t n, float* out) {
-  grid_dependency_sync();
   using TT = Tr<T>;
   using P = typename TT::P;
   const int64_t strips = m / 16, tasks = kPairs ? n / 2 : n;
@@ -126,7 +123,7 @@ cudaError_t launch_amax_t(const void* xv, int64_t m, int64_t n, bool rht, float*
   const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   if (!rht) {
     const int grid = grid_for((numel + kVec - 1) / kVec, 256, 8);
-    return launch_dependent(amax_kernel<T>, dim3(grid), dim3(256), 0, stream, x, numel, aligned ? 1 : 0, out);
+    amax_kernel<T><<<grid, 256, 0, stream>>>(x, numel, aligned ? 1 : 0, out);
   } else {
     // 256 column tasks per CTA; strips spread over CTAs until about 8 per SM, then grid-strided
     const bool pairs = n % 2 == 0 && reinterpret_cast<uintptr_t>(x) % (2 * sizeof(T)) == 0;
@@ -136,9 +133,13 @@ cudaError_t launch_amax_t(const void* xv, int64_t m, int64_t n, bool rht, float*
     if (gx > 0x7fffffffLL) return cudaErrorInvalidValue;
     const int64_t gy = std::max<int64_t>(1, std::min<int64_t>({strips, 65535, (sm_count() * 8 + gx - 1) / gx}));
     const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
-    if (pairs) return launch_dependent(amax_rht_kernel<T, true>, grid, dim3(256), 0, stream, x, m, n, out);
-    return launch_dependent(amax_rht_kernel<T, false>, grid, dim3(256), 0, stream, x, m, n, out);
+    if (pairs) {
+      amax_rht_kernel<T, true><<<grid, 256, 0, stream>>>(x, m, n, out);
+    } else {
+      amax_rht_kernel<T, false><<<grid, 256, 0, stream>>>(x, m, n, out);
+    }
   }
+  return cudaGetLastError();
 }
 }  // namespace
 

@@ -9,7 +9,6 @@
 #include "common/decode.cuh"
 #include "common/dtype_traits.cuh"
 #include "common/launch.cuh"
-#include "common/pdl.cuh"
 #include "common/numerics.cuh"
 #include "fp4dist.h"
 
@@ -115,7 +114,6 @@ __device__ __forceinline__ void decode_operand(const DecodeParams& p, const Deco
 
 template <typename O>
 __global__ void __launch_bounds__(256, 8) decode_kernel(const DecodeParams p) {
-  grid_dependency_sync();
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = e2m1_value(threadIdx.x);
   __syncthreads();
@@ -152,7 +150,8 @@ cudaError_t launch_decode_t(DecodeParams p, const PackedOperand* ops, cudaStream
     set_geometry(p.op[k], ops[k], DequantIO<O>::kG);
     groups += p.op[k].groups;
   }
-  return launch_dependent(decode_kernel<O>, dim3(grid_for(groups, 256, 8)), dim3(256), 0, stream, p);
+  decode_kernel<O><<<grid_for(groups, 256, 8), 256, 0, stream>>>(p);
+  return cudaGetLastError();
 }
 
 cudaError_t launch_decode(int out_dtype, const DecodeParams& p, const PackedOperand* ops, cudaStream_t stream) {

@@ -16,7 +16,6 @@
 // other buffer is issued right after it) and S2 (column stage complete).
 
 #include "../common/launch.cuh"
-#include "../common/pdl.cuh"
 #include "../common/ptx.cuh"
 #include "block_codes.cuh"
 
@@ -124,7 +123,6 @@ constexpr int cast_min_ctas() { return SR ? 2 : 3; }
 template <typename T, bool RHT, bool SR, int TM, int RB>
 __global__ void __launch_bounds__(kThreads, cast_min_ctas<SR>()) cast_kernel(const CastParams params,
                                                                            const SrKeySource<SR> keys) {
-  grid_dependency_sync();
   CastParams keyed;  // SR: params with the keys of the key source (RN: params as they are, not copied)
   if constexpr (SR) keyed = with_stream_keys(params, keys);
   const CastParams& p = SR ? keyed : params;
@@ -313,8 +311,8 @@ cudaError_t launch_cast_t(const CastParams& p0, const SrKeySource<true>& keys, c
   }
   int64_t grid = static_cast<int64_t>(sm_count()) * ctas_per_sm[dev];
   if (grid > num_tiles) grid = num_tiles;
-  return launch_dependent(kern, dim3(static_cast<unsigned>(grid)), dim3(kThreads), S::kSmemBytes, stream, p,
-                          key_source<SR>(keys));
+  kern<<<static_cast<unsigned>(grid), kThreads, S::kSmemBytes, stream>>>(p, key_source<SR>(keys));
+  return cudaGetLastError();
 }
 
 template <typename T, int TM, int RB>

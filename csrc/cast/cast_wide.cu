@@ -24,7 +24,6 @@
 
 #include "../common/decode.cuh"
 #include "../common/launch.cuh"
-#include "../common/pdl.cuh"
 #include "../common/ptx.cuh"
 #include "block_codes.cuh"
 
@@ -44,8 +43,8 @@ constexpr int kStageBytes = kSubRows * kRowBytes;                    // 32 KB
 constexpr int kColStageBytes = kChunkRows / 2 * kCols;               // 32 KB: [q 4][g 2][column 512] x 8 bytes
 constexpr int kColScaleBytes = kUnitRows / 16 * kCols;               // 16 KB: [block 32][column 512]
 constexpr int kRowTileScaleBytes = kUnitRows / 16 * (kCols / 16);   // 1 KB: [16-row group 32][tile column 32]
-constexpr int kSmemBytesNoColumnCodes = kStages * kStageBytes + 2 * 128 * 4 + 2 * kRowTileScaleBytes + 2 * kStages * 8;
-constexpr int kSmemBytes = kSmemBytesNoColumnCodes + 2 * kColStageBytes + kColScaleBytes;
+constexpr int kSmemBytes = kStages * kStageBytes + 2 * kColStageBytes + kColScaleBytes + 2 * 128 * 4 +
+                           2 * kRowTileScaleBytes + 2 * kStages * 8;
 static_assert(kWarps * 32 == 2 * (kCols / 2), "one column task per compute thread and sub-tile");
 static_assert(kWarps * 2 == kSubRows && kCols / 16 == 32, "two rows per compute warp, one block per lane");
 }  // namespace wide
@@ -63,7 +62,6 @@ template <typename T, bool RHT, bool SR, bool kBoth, bool kOps>
 __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const CastParams params,
                                                                             const SrKeySource<SR> keys,
                                                                             const OperandOut<kOps> ops) {
-  grid_dependency_sync();
   CastParams keyed;  // SR: params with the keys of the key source (RN: params as they are, not copied)
   if constexpr (SR) keyed = with_stream_keys(params, keys);
   const CastParams& p = SR ? keyed : params;
@@ -73,13 +71,12 @@ __global__ void __launch_bounds__(wide::kThreads, 1) cast_wide_kernel(const Cast
   static_assert(sizeof(T) == 2, "16-bit inputs only");
   extern __shared__ __align__(16) uint8_t smem[];
   uint8_t* ring = smem;                                                  // [kStages][32 rows][1024 bytes]
-  float* etab = reinterpret_cast<float*>(ring + kStages * kStageBytes);  // [2][128]: encode scales
+  uint8_t* col_stage = ring + kStages * kStageBytes;                     // [2][kColStageBytes]
+  uint8_t* col_scales = col_stage + 2 * kColStageBytes;                  // [32][512]
+  float* etab = reinterpret_cast<float*>(col_scales + kColScaleBytes);   // [2][128]: encode scales
   uint8_t* row_tile_scales = reinterpret_cast<uint8_t*>(etab + 256);    // [2][32][32]: 16x16 tiles, rowwise
   uint64_t* full = reinterpret_cast<uint64_t*>(row_tile_scales + 2 * kRowTileScaleBytes);  // [kStages]: loaded
   uint64_t* empty = full + kStages;                                      // [kStages]: stage consumed
-  // last, so that a cast without columnwise codes launches without them (kSmemBytesNoColumnCodes)
-  uint8_t* col_stage = reinterpret_cast<uint8_t*>(empty + kStages);     // [2][kColStageBytes]
-  uint8_t* col_scales = col_stage + 2 * kColStageBytes;                  // [32][512]
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   if (tid == 0) {
@@ -436,10 +433,8 @@ cudaError_t launch_cast_wide_t(const CastParams& p0, const SrKeySource<true>& ke
   const int64_t grid = units < sms ? units : sms;
   OperandOut<kOps> out{};
   if constexpr (kOps) out = ops;
-  // without columnwise codes the column stages are never touched (stage_column, the chunk write-out)
-  const int smem = p.do_col && p.cd != nullptr ? wide::kSmemBytes : wide::kSmemBytesNoColumnCodes;
-  return launch_dependent(kern, dim3(static_cast<unsigned>(grid)), dim3(wide::kThreads), smem, stream, p,
-                          key_source<SR>(keys), out);
+  kern<<<static_cast<unsigned>(grid), wide::kThreads, wide::kSmemBytes, stream>>>(p, key_source<SR>(keys), out);
+  return cudaGetLastError();
 }
 
 template <typename T, bool kBoth, bool kOps>
