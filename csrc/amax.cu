@@ -4,7 +4,6 @@
 //   amax_rht_kernel<T, kPairs> max|X| and max|RHT(X^T)| (16-row strips, one thread per two columns of a strip)
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "common/dtype_traits.cuh"
 #include "common/launch.cuh"
@@ -63,7 +62,6 @@ __global__ void __launch_bounds__(256) amax_kernel(const T* x, int64_t numel, in
         for (int q = 0; q < 16 / (2 * static_cast<int>(sizeof(T))); ++q) TT::acc_add(acc, pv[q]);
       }
     }
-#pragma unroll 4
     for (; i < nvec; i += stride) {
       const uint4 v = __ldg(xv + i);
       const P* pv = reinterpret_cast<const P*>(&v);
@@ -82,50 +80,9 @@ __global__ void __launch_bounds__(256) amax_kernel(const T* x, int64_t numel, in
 // Rowwise amax and the amax of RHT(X^T) (the columnwise source, rht_source.cuh: rounded to T, or on the overflow
 // path fp32 values, chunks with an infinity left out). Thread t of CTA (bx, by) takes column task bx * 256 + t (two
 // adjacent columns, or with kPairs false one column as a task of that column twice) in the 16-row strips by,
-// by + gridDim.y, ...: a warp's 16 row loads are 128 (256 for fp32) contiguous bytes each. The loads of a thread's
-// next strip are issued before its current strip's transform, so that memory and arithmetic overlap.
+// by + gridDim.y, ...: a warp's 16 row loads are 128 (256 for fp32) contiguous bytes each.
 template <typename T, bool kPairs>
-__global__ void __launch_bounds__(256, 2) amax_rht_kernel(const T* x, int64_t m, int64_t n, float* out) {
-  using TT = Tr<T>;
-  using P = typename TT::P;
-  const int64_t strips = m / 16, tasks = kPairs ? n / 2 : n;
-  const int64_t task = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const auto load_strip = [&](int64_t s, P (&pairs)[16]) {
-    if constexpr (kPairs) {
-      const P* base = reinterpret_cast<const P*>(x + s * 16 * n) + task;
-      const int64_t row = n / 2;
-#pragma unroll
-      for (int k = 0; k < 16; ++k) pairs[k] = __ldg(base + k * row);
-    } else {
-      const T* base = x + s * 16 * n + task;
-#pragma unroll
-      for (int k = 0; k < 16; ++k) {
-        const float v = TT::load1(base + k * n);
-        pairs[k] = TT::round_pair(v, v);  // exact: v is a T
-      }
-    }
-  };
-  uint32_t row_bits = 0, col_bits = 0;
-  if (task < tasks && blockIdx.y < strips) {
-    P cur[16];
-    load_strip(blockIdx.y, cur);
-    for (int64_t s = blockIdx.y; s < strips; s += gridDim.y) {
-      P next[16];
-      if (s + gridDim.y < strips) load_strip(s + gridDim.y, next);
-      uint32_t in_a, in_b, amax_a, amax_b;
-      rht_column_amax<T>(cur, in_a, in_b, amax_a, amax_b);
-      row_bits = max_u32(row_bits, max_u32(in_a, in_b));
-      col_bits = max_u32(col_bits, max_u32(amax_a, amax_b));
-#pragma unroll
-      for (int k = 0; k < 16; ++k) cur[k] = next[k];
-    }
-  }
-  block_max_atomic(row_bits, col_bits, out);
-}
-
-// EXPERIMENT: the previous kernel
-template <typename T, bool kPairs>
-__global__ void __launch_bounds__(256, 4) amax_rht_kernel_old(const T* x, int64_t m, int64_t n, float* out) {
+__global__ void __launch_bounds__(256, 4) amax_rht_kernel(const T* x, int64_t m, int64_t n, float* out) {
   using TT = Tr<T>;
   using P = typename TT::P;
   const int64_t strips = m / 16, tasks = kPairs ? n / 2 : n;
@@ -157,14 +114,6 @@ __global__ void __launch_bounds__(256, 4) amax_rht_kernel_old(const T* x, int64_
 }
 
 namespace {
-// EXPERIMENT: CTA targets from the environment
-inline int env_int(const char* name, int dflt) {
-  const char* v = std::getenv(name);
-  return v != nullptr && std::atoi(v) > 0 ? std::atoi(v) : dflt;
-}
-inline int amax_ctas_per_sm() { static const int k = env_int("FP4DIST_AMAX_CTAS", 4); return k; }
-inline int amax_rht_ctas_per_sm() { static const int k = env_int("FP4DIST_AMAX_RHT_CTAS", 2); return k; }
-
 template <typename T>
 cudaError_t launch_amax_t(const void* xv, int64_t m, int64_t n, bool rht, float* out, cudaStream_t stream) {
   const T* x = static_cast<const T*>(xv);
@@ -173,24 +122,17 @@ cudaError_t launch_amax_t(const void* xv, int64_t m, int64_t n, bool rht, float*
   constexpr int kVec = 16 / sizeof(T);
   const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   if (!rht) {
-    const int grid = grid_for((numel + kVec - 1) / kVec, 256, amax_ctas_per_sm());
+    const int grid = grid_for((numel + kVec - 1) / kVec, 256, 8);
     amax_kernel<T><<<grid, 256, 0, stream>>>(x, numel, aligned ? 1 : 0, out);
   } else {
-    // 256 column tasks per CTA; strips spread over CTAs until about amax_ctas_per_sm() per SM, then grid-strided
+    // 256 column tasks per CTA; strips spread over CTAs until about 8 per SM, then grid-strided
     const bool pairs = n % 2 == 0 && reinterpret_cast<uintptr_t>(x) % (2 * sizeof(T)) == 0;
     const int64_t tasks = pairs ? n / 2 : n, strips = m / 16;
     if (strips == 0) return cudaSuccess;
     const int64_t gx = (tasks + 255) / 256;
     if (gx > 0x7fffffffLL) return cudaErrorInvalidValue;
-    const int64_t gy = std::max<int64_t>(1, std::min<int64_t>({strips, 65535, (sm_count() * amax_rht_ctas_per_sm() + gx - 1) / gx}));
+    const int64_t gy = std::max<int64_t>(1, std::min<int64_t>({strips, 65535, (sm_count() * 8 + gx - 1) / gx}));
     const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
-    if (env_int("FP4DIST_AMAX_RHT_OLD", 0)) {
-      const int64_t gy8 = std::max<int64_t>(1, std::min<int64_t>({strips, 65535, (sm_count() * 8 + gx - 1) / gx}));
-      const dim3 grid8(static_cast<unsigned>(gx), static_cast<unsigned>(gy8));
-      if (pairs) amax_rht_kernel_old<T, true><<<grid8, 256, 0, stream>>>(x, m, n, out);
-      else amax_rht_kernel_old<T, false><<<grid8, 256, 0, stream>>>(x, m, n, out);
-      return cudaGetLastError();
-    }
     if (pairs) {
       amax_rht_kernel<T, true><<<grid, 256, 0, stream>>>(x, m, n, out);
     } else {
